@@ -1,0 +1,42 @@
+"""Optical flow behind one small interface.
+
+Every estimator is called as ``estimator(prev_rgb, cur_rgb)`` with two (H, W, 3) uint8 RGB frames
+at the network's input size and returns a (2, H, W) float32 tensor on its device: the flow **from
+the current frame to the previous one**, in pixels (for each pixel of the current frame, the
+offset (dx, dy) to where it was in the previous frame). The flow therefore lies on the current
+frame's grid, like the labels the network predicts for it.
+
+Methods:
+    ``dis`` (OpenCV DIS; presets ultrafast/fast/medium; the CPU default),
+    ``farneback`` (OpenCV Farneback, the paper's "GF-flow"),
+    ``raft_small`` / ``raft_large`` (torchvision RAFT, for GPUs; weights from a local file).
+"""
+from flow2seg_ros.flow.base import FlowEstimator, scale_flow
+from flow2seg_ros.flow.opencv import DISFlow, FarnebackFlow
+from flow2seg_ros.flow.raft import RAFTFlow
+
+__all__ = ['FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'RAFTFlow',
+           'make_flow_estimator', 'scale_flow']
+
+FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large')
+
+
+def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
+                        device: str = 'cpu', weights: str | None = None) -> FlowEstimator:
+    """Build a flow estimator by name.
+
+    Args:
+        method: one of ``dis``, ``farneback``, ``raft_small``, ``raft_large``.
+        preset: DIS preset (``ultrafast``, ``fast``, ``medium``); for RAFT the number of
+            refinement iterations as a string (``''`` = the method's default); ignored by Farneback.
+        device: torch device of the returned flow (RAFT also runs there).
+        weights: RAFT weights, a local .safetensors file; None looks in the torch hub cache.
+    """
+    if method == 'dis':
+        return DISFlow(preset or 'ultrafast', device=device)
+    if method == 'farneback':
+        return FarnebackFlow(device=device)
+    if method in ('raft_small', 'raft_large'):
+        iters = int(preset) if preset and str(preset).isdigit() else None
+        return RAFTFlow(method, device=device, weights=weights, iterations=iters)
+    raise ValueError(f'unknown flow method {method!r}; choose one of {", ".join(FLOW_METHODS)}')

@@ -1,0 +1,328 @@
+"""The frame pipeline: a stream of RGB frames in, label maps and pictures out. No ROS here.
+
+The node, the demo, evaluation, bag replay and the benchmark all run frames through
+:class:`FramePipeline`, so what is measured offline is what the robot runs.
+
+Per frame: resize to the network's input size, optical flow between this frame and the one
+before it, the Flow2Seg network (image path, flow path, residual fusion), argmax, and, at the
+input's size, the label map plus whatever pictures were asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import logging
+import time
+from typing import Any, Iterable, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
+from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
+
+__all__ = ['OUTPUTS', 'HEADS', 'PipelineConfig', 'FrameResult', 'FramePipeline',
+           'resolve_device']
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
+HEADS = ('fused', 'image', 'flow')
+PRECISIONS = ('fp32', 'fp16')
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline runs and how.
+
+    Args:
+        weights: model file (.safetensors with its .json card); None = the bundled model.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``fp16`` (autocast on CUDA; falls back to fp32 on the CPU).
+        input_size: network input (height, width); None = the model card's.
+        flow_method: flow estimator; None = the model card's (what the model was trained with).
+        flow_preset: its preset; None = the model card's.
+        flow_weights: RAFT weights file (None = torch hub cache).
+        overlay_alpha: weight of the colour mask in the overlay, 0..1.
+        max_gap_s: a longer gap between two frames' stamps resets the flow state.
+        threads: torch CPU threads (0 = leave torch's default).
+    """
+
+    weights: Optional[str] = None
+    device: str = 'auto'
+    precision: str = 'fp32'
+    input_size: Optional[tuple[int, int]] = None
+    flow_method: Optional[str] = None
+    flow_preset: Optional[str] = None
+    flow_weights: Optional[str] = None
+    overlay_alpha: float = 0.5
+    max_gap_s: float = 0.5
+    threads: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        resolve_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
+        if self.input_size is not None:
+            h, w = self.input_size
+            if h < 32 or w < 32 or h % 8 or w % 8:
+                raise ValueError(f'network input size must be multiples of 8 and >= 32, '
+                                 f'got {w}x{h} (WxH)')
+        if self.flow_method is not None and self.flow_method not in FLOW_METHODS:
+            raise ValueError(f'flow method must be one of {FLOW_METHODS}, '
+                             f'got {self.flow_method!r}')
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')
+        if not self.max_gap_s > 0:
+            raise ValueError(f'max frame gap must be > 0 s, got {self.max_gap_s}')
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present else CPU; ``cuda[:N]`` must exist."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}') from exc
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {device!r} asked for, but no CUDA device is available')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'device {device!r} asked for, but only '
+                             f'{torch.cuda.device_count()} CUDA device(s) exist')
+    return dev
+
+
+@dataclass
+class FrameResult:
+    """Everything the pipeline produced for one frame (arrays at the input's size)."""
+
+    labels: np.ndarray
+    stamp: float
+    confidence: Optional[np.ndarray] = None
+    color_mask: Optional[np.ndarray] = None
+    overlay: Optional[np.ndarray] = None
+    flow_rgb: Optional[np.ndarray] = None
+    flow: Optional[np.ndarray] = None
+    head_labels: dict[str, Optional[np.ndarray]] = field(default_factory=dict)
+    reset_reason: Optional[str] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def used_flow(self) -> bool:
+        return self.flow is not None
+
+
+@dataclass
+class _Frame:
+    small: np.ndarray  # RGB at the network's input size
+    stamp: float
+    size: tuple[int, int]  # (H, W) of the input
+
+
+class _Timer:
+    """Per-stage wall times in ms; synchronises CUDA so GPU stages are timed honestly."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.times: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + 1000.0 * (now - self._t)
+        self._t = now
+
+
+class FramePipeline:
+    """Stateful frame-to-labels pipeline holding the model, the flow estimator and the last frame.
+
+    Args:
+        config: see :class:`PipelineConfig`.
+        model: an already built model (tests); with ``card``, skips loading weights.
+        card: the model card that goes with ``model``.
+        flow_estimator: an already built flow estimator (tests, benchmarks).
+    """
+
+    def __init__(self, config: Optional[PipelineConfig] = None, *,
+                 model: Optional[torch.nn.Module] = None, card: Optional[dict[str, Any]] = None,
+                 flow_estimator: Optional[FlowEstimator] = None) -> None:
+        self.config = config = config or PipelineConfig()
+        config.validate()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.fp16 = config.precision == 'fp16' and self.device.type == 'cuda'
+        if config.precision == 'fp16' and not self.fp16:
+            log.warning('precision fp16 needs CUDA; running fp32 on %s', self.device)
+        if model is None:
+            from flow2seg_ros.weights import load_model
+
+            model, card = load_model(config.weights, device=str(self.device))
+        elif card is None:
+            raise ValueError('a model passed to FramePipeline needs its model card')
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.classes = ClassSet.from_dict(card['classes'])
+        self.palette = self.classes.palette()
+        size = config.input_size or card.get('input_size')
+        if not size:
+            raise ValueError('no network input size: neither the config nor the model card '
+                             'gives one')
+        self.input_size = (int(size[0]), int(size[1]))  # (H, W)
+        norm = card.get('normalization', {})
+        mean = norm.get('mean', [0.485, 0.456, 0.406])
+        std = norm.get('std', [0.229, 0.224, 0.225])
+        # Fold /255, mean and std into one multiply-add on the device.
+        self._scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
+        flow_card = card.get('flow', {})
+        self.flow_scale = float(flow_card.get('scale', 1.0))
+        self.has_flow_path = bool(getattr(self.model, 'has_flow', True))
+        if flow_estimator is None and self.has_flow_path:
+            method = config.flow_method or flow_card.get('method', 'dis')
+            preset = config.flow_preset or flow_card.get('preset', 'ultrafast')
+            flow_estimator = make_flow_estimator(method, preset, device=str(self.device),
+                                                 weights=config.flow_weights)
+        self.flow_estimator = flow_estimator
+        self._prev: Optional[_Frame] = None
+        self.frames = 0
+        self.resets = 0
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.input_size
+
+    def reset(self) -> None:
+        """Forget the previous frame: the next frame is segmented as a first frame."""
+        self._prev = None
+
+    def _reset_reason(self, size: tuple[int, int], stamp: float,
+                      prev: Optional[_Frame]) -> Optional[str]:
+        if prev is None:
+            return 'first'
+        if prev.size != size:
+            return 'size'
+        if stamp < prev.stamp:
+            return 'backwards'
+        if stamp - prev.stamp > self.config.max_gap_s:
+            return 'gap'
+        return None
+
+    def _small(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = self.input_size
+        if rgb.shape[:2] == (h, w):
+            return rgb
+        return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+    @torch.inference_mode()
+    def process(self, rgb: np.ndarray, stamp: float, *,
+                outputs: Iterable[str] = ('color_mask', 'overlay'),
+                heads: Iterable[str] = ('fused',),
+                prev: Optional[tuple[np.ndarray, float]] = None) -> FrameResult:
+        """Segment one frame.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB frame at the camera's size.
+            stamp: its time in seconds (header stamp).
+            outputs: pictures to make, any of ``color_mask``, ``overlay``, ``confidence``,
+                ``flow_rgb``; labels are always made.
+            heads: heads whose labels go in ``head_labels`` (``fused``, ``image``, ``flow``).
+            prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
+                from the last frame processed (a node that dropped frames); None = the last
+                processed frame.
+
+        Returns:
+            FrameResult; ``labels`` are the fused head's, at the input's size.
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'frame must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}')
+        outputs, heads = set(outputs), tuple(heads)
+        unknown = (outputs - set(OUTPUTS)) | (set(heads) - set(HEADS))
+        if unknown:
+            raise ValueError(f'unknown outputs or heads: {sorted(unknown)}')
+        timer = _Timer(self.device.type == 'cuda')
+        size = (rgb.shape[0], rgb.shape[1])
+        stamp = float(stamp)
+        if prev is not None:
+            prev_rgb, prev_stamp = prev
+            stored = self._prev
+            if stored is None or stored.stamp != float(prev_stamp) or \
+                    stored.size != prev_rgb.shape[:2]:
+                stored = _Frame(self._small(prev_rgb), float(prev_stamp),
+                                (prev_rgb.shape[0], prev_rgb.shape[1]))
+            self._prev = stored
+        reason = self._reset_reason(size, stamp, self._prev)
+        if reason is not None and reason != 'first':
+            self.resets += 1
+            log.info('flow state reset (%s) at stamp %.3f', reason, stamp)
+        small = self._small(rgb)
+        timer.lap('resize')
+
+        flow_t = None
+        if reason is None and self.flow_estimator is not None:
+            flow_t = self.flow_estimator(self._prev.small, small)
+        timer.lap('flow')
+
+        x = torch.from_numpy(small).to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1).unsqueeze(0).float().mul_(self._scale).add_(self._shift)
+        f = None if flow_t is None else scale_flow(flow_t.unsqueeze(0), self.flow_scale)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
+            out = self.model(x, f, heads=heads)
+        timer.lap('network')
+
+        want_conf = 'confidence' in outputs
+        fused = out['fused']
+        if want_conf:
+            conf_t, lab_t = torch.softmax(fused.float(), 1).max(1)
+        else:
+            lab_t = fused.argmax(1)
+        labels_small = lab_t[0].to(torch.uint8).cpu().numpy()
+        head_small = {}
+        for h in heads:
+            if h == 'fused':
+                head_small[h] = labels_small
+            elif h in out:
+                head_small[h] = out[h].argmax(1)[0].to(torch.uint8).cpu().numpy()
+            else:
+                head_small[h] = None
+        conf_small = (conf_t[0] * 255).round().to(torch.uint8).cpu().numpy() if want_conf \
+            else None
+        flow_np = None if flow_t is None else flow_t.cpu().numpy()
+        timer.lap('argmax')
+
+        h_in, w_in = size
+        same = size == self.input_size
+
+        def up(a: np.ndarray, interp: int = cv2.INTER_NEAREST) -> np.ndarray:
+            return a if same else cv2.resize(a, (w_in, h_in), interpolation=interp)
+
+        labels = up(labels_small)
+        result = FrameResult(labels=labels, stamp=stamp, flow=flow_np, reset_reason=reason)
+        result.head_labels = {h: (labels if h == 'fused' else
+                                  None if v is None else up(v)) for h, v in head_small.items()}
+        if conf_small is not None:
+            result.confidence = up(conf_small, cv2.INTER_LINEAR)
+        timer.lap('resize_back')
+        if 'color_mask' in outputs or 'overlay' in outputs:
+            result.color_mask = colorize(labels, self.palette)
+            if 'overlay' in outputs:
+                result.overlay = overlay(rgb, result.color_mask, self.config.overlay_alpha)
+        if 'flow_rgb' in outputs:
+            pic = (np.zeros(self.input_size + (3,), np.uint8) if flow_np is None
+                   else flow_to_rgb(flow_np, max_magnitude=0.05 * self.input_size[1]))
+            result.flow_rgb = up(pic, cv2.INTER_LINEAR)
+        timer.lap('colour')
+
+        self._prev = _Frame(small, stamp, size)
+        self.frames += 1
+        result.timings = timer.times
+        result.timings['total'] = sum(timer.times.values())
+        return result
