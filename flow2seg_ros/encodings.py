@@ -1,0 +1,254 @@
+"""Image message conversion with cv_bridge's semantics, without importing ROS.
+
+``image_msg_to_rgb`` accepts any object with the fields of ``sensor_msgs/Image``
+(``encoding``, ``height``, ``width``, ``step``, ``is_bigendian``, ``data``), so rclpy messages
+and rosbags messages convert alike. Where ROS 2's ``cv_bridge`` is importable the pixel
+conversion is ``CvBridge().imgmsg_to_cv2(msg, 'rgb8')``; elsewhere the same conversion table
+is applied here with OpenCV:
+
+=========================  ===============================================================
+encoding                   conversion to rgb8
+=========================  ===============================================================
+rgb8, bgr8, rgba8, bgra8   channel reorder / alpha dropped (``cv2.COLOR_*2RGB``)
+mono8                      ``cv2.COLOR_GRAY2RGB``
+mono16, rgb16, bgr16, ...  colour conversion, then ``convertTo(alpha=255/65535)`` (rounded)
+yuv422 / uyvy              ``cv2.COLOR_YUV2RGB_UYVY``
+yuv422_yuy2 / yuyv         ``cv2.COLOR_YUV2RGB_YUY2``
+bayer_rggb8                ``cv2.COLOR_BayerBG2RGB`` (OpenCV names the pattern by the
+bayer_bggr8                ``cv2.COLOR_BayerRG2RGB``  second row's 2nd and 3rd pixels, so
+bayer_gbrg8                ``cv2.COLOR_BayerGR2RGB``  ROS's rggb is OpenCV's BG, and so on)
+bayer_grbg8                ``cv2.COLOR_BayerGB2RGB``
+8UC1, 8UC3, 8UC4, 16UC1    read as mono8, bgr8, bgra8, mono16 (cv_bridge's display rule)
+=========================  ===============================================================
+
+Rows are read ``step`` bytes apart (padding skipped) and 16-bit samples honour
+``is_bigendian``. Malformed messages raise :class:`ImageFormatError` naming the problem.
+"""
+
+from types import SimpleNamespace
+from typing import Any, Dict, Optional, Tuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    'ImageFormatError',
+    'SUPPORTED_ENCODINGS',
+    'compressed_msg_to_rgb',
+    'image_fields',
+    'image_msg_to_rgb',
+    'mono_to_image_fields',
+    'rgb_to_image_fields',
+]
+
+
+class ImageFormatError(ValueError):
+    """An image message that cannot be converted; the message names the problem."""
+
+
+# encoding -> (sample dtype, channels, OpenCV code to RGB or None)
+_TABLE: Dict[str, Tuple[type, int, Optional[int]]] = {
+    'rgb8': (np.uint8, 3, None),
+    'bgr8': (np.uint8, 3, cv2.COLOR_BGR2RGB),
+    'rgba8': (np.uint8, 4, cv2.COLOR_RGBA2RGB),
+    'bgra8': (np.uint8, 4, cv2.COLOR_BGRA2RGB),
+    'mono8': (np.uint8, 1, cv2.COLOR_GRAY2RGB),
+    'mono16': (np.uint16, 1, cv2.COLOR_GRAY2RGB),
+    'rgb16': (np.uint16, 3, None),
+    'bgr16': (np.uint16, 3, cv2.COLOR_BGR2RGB),
+    'rgba16': (np.uint16, 4, cv2.COLOR_RGBA2RGB),
+    'bgra16': (np.uint16, 4, cv2.COLOR_BGRA2RGB),
+    'yuv422': (np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    'uyvy': (np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+    'yuyv': (np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+    'bayer_rggb8': (np.uint8, 1, cv2.COLOR_BayerBG2RGB),
+    'bayer_bggr8': (np.uint8, 1, cv2.COLOR_BayerRG2RGB),
+    'bayer_gbrg8': (np.uint8, 1, cv2.COLOR_BayerGR2RGB),
+    'bayer_grbg8': (np.uint8, 1, cv2.COLOR_BayerGB2RGB),
+}
+
+# Generic OpenCV type names read as the colour encoding cv_bridge assumes for display.
+_ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8', '16UC1': 'mono16'}
+
+SUPPORTED_ENCODINGS = tuple(sorted(_TABLE)) + tuple(sorted(_ALIASES))
+
+try:  # ROS 2's cv_bridge where a ROS distribution provides it
+    from cv_bridge import CvBridge as _CvBridge  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the installation
+    _CvBridge = None
+
+
+def _canonical_encoding(encoding: Any) -> str:
+    name = str(encoding)
+    name = _ALIASES.get(name, name)
+    if name not in _TABLE:
+        name_lower = name.lower()
+        if name_lower in _TABLE:
+            return name_lower
+        raise ImageFormatError(
+            f"unknown image encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    return name
+
+
+def _validated_rows(msg: Any, dtype: type, channels: int) -> np.ndarray:
+    """Return the message's pixels as (H, W, C) native-endian samples, padding removed."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageFormatError(
+            f'image width and height must be positive, got {width}x{height} (WxH)')
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    if step < row_bytes:
+        raise ImageFormatError(
+            f"step {step} is smaller than a row of {width} px x {channels * itemsize} bytes "
+            f"= {row_bytes} bytes ('{msg.encoding}')")
+    data = msg.data
+    if isinstance(data, (list, tuple)):
+        buf = np.asarray(data, dtype=np.uint8)
+    else:
+        buf = np.frombuffer(data, dtype=np.uint8)
+    needed = step * height
+    if buf.size < needed:
+        raise ImageFormatError(
+            f'image data is {buf.size} bytes, expected at least step*height = '
+            f'{step}*{height} = {needed} bytes')
+    rows = buf[:needed].reshape(height, step)[:, :row_bytes]
+    if itemsize > 1:
+        order = '>' if msg.is_bigendian else '<'
+        rows = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+        rows = rows.astype(dtype)
+    return rows.reshape(height, width, channels)
+
+
+def _to_rgb_opencv(pixels: np.ndarray, code: Optional[int], encoding: str) -> np.ndarray:
+    if code is None:
+        out = pixels
+    else:
+        src = pixels[..., 0] if pixels.shape[2] == 1 else pixels
+        try:
+            out = cv2.cvtColor(np.ascontiguousarray(src), code)
+        except cv2.error as exc:
+            raise ImageFormatError(
+                f"cannot convert a {pixels.shape[1]}x{pixels.shape[0]} '{encoding}' image: "
+                f'{exc.err or exc}') from exc
+    if out.dtype == np.uint16:
+        # cv_bridge: convertTo(CV_8U, 255/65535), rounded to nearest.
+        out = np.rint(out.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def image_msg_to_rgb(msg: Any, *, use_cv_bridge: Optional[bool] = None) -> np.ndarray:
+    """Convert a ``sensor_msgs/Image``-like object to an (H, W, 3) uint8 RGB array.
+
+    Args:
+        msg: any object with ``encoding``, ``height``, ``width``, ``step``, ``is_bigendian``
+            and ``data`` (bytes, array.array, numpy array or list of ints).
+        use_cv_bridge: ``None`` uses cv_bridge where it is importable, ``False`` forces the
+            OpenCV path, ``True`` requires cv_bridge.
+
+    Returns:
+        A new C-contiguous (H, W, 3) uint8 array in RGB order.
+
+    Raises:
+        ImageFormatError: unknown encoding, zero size, a step smaller than a row, data shorter
+            than step*height, or a conversion OpenCV refuses (e.g. odd width for yuv422).
+    """
+    encoding = _canonical_encoding(msg.encoding)
+    dtype, channels, code = _TABLE[encoding]
+    pixels = _validated_rows(msg, dtype, channels)
+    if use_cv_bridge is None:
+        use_cv_bridge = _CvBridge is not None
+    if use_cv_bridge:
+        if _CvBridge is None:
+            raise ImageFormatError('cv_bridge was requested but is not importable')
+        view = SimpleNamespace(
+            encoding=encoding, height=int(msg.height), width=int(msg.width),
+            step=int(msg.step), is_bigendian=int(bool(msg.is_bigendian)),
+            data=np.frombuffer(bytes(msg.data) if isinstance(msg.data, (list, tuple))
+                               else msg.data, dtype=np.uint8)[:int(msg.step) * int(msg.height)])
+        try:
+            out = _CvBridge().imgmsg_to_cv2(view, 'rgb8')
+        except Exception as exc:  # CvBridgeError and OpenCV errors alike
+            raise ImageFormatError(f"cv_bridge cannot convert '{encoding}': {exc}") from exc
+        return np.ascontiguousarray(out, dtype=np.uint8)
+    return _to_rgb_opencv(pixels, code, encoding)
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage``-like object (JPEG, PNG, ...) to RGB uint8.
+
+    Args:
+        msg: any object with ``format`` and ``data`` (the encoded bytes).
+
+    Returns:
+        A new (H, W, 3) uint8 RGB array (grey images are expanded to three channels).
+
+    Raises:
+        ImageFormatError: empty or undecodable data.
+    """
+    data = msg.data
+    buf = (np.asarray(data, dtype=np.uint8) if isinstance(data, (list, tuple))
+           else np.frombuffer(data, dtype=np.uint8))
+    fmt = getattr(msg, 'format', '')
+    if buf.size == 0:
+        raise ImageFormatError(f"compressed image data is empty (format '{fmt}')")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageFormatError(
+            f"cannot decode compressed image of {buf.size} bytes (format '{fmt}'): "
+            'not a JPEG/PNG or corrupt')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_fields(array: np.ndarray, encoding: str) -> Dict[str, Any]:
+    """Return ``sensor_msgs/Image`` fields for an 8-bit array (no row padding).
+
+    Args:
+        array: (H, W) uint8 for ``mono8`` or (H, W, 3) uint8 for ``rgb8``/``bgr8``.
+        encoding: the encoding to declare: ``mono8``, ``rgb8`` or ``bgr8``.
+
+    Returns:
+        A dict with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``
+        (bytes), to be set on a message with ``setattr``.
+
+    Raises:
+        ValueError: the array's dtype or shape does not match the encoding.
+    """
+    channels = {'mono8': 1, 'rgb8': 3, 'bgr8': 3}.get(encoding)
+    if channels is None:
+        raise ValueError(f"output encoding must be mono8, rgb8 or bgr8, got '{encoding}'")
+    arr = np.asarray(array)
+    expected_ndim = 2 if channels == 1 else 3
+    if (arr.dtype != np.uint8 or arr.ndim != expected_ndim
+            or (channels == 3 and arr.shape[2] != 3)):
+        raise ValueError(
+            f"'{encoding}' needs a uint8 array of shape "
+            f"{'(H, W)' if channels == 1 else '(H, W, 3)'}, got {arr.dtype} {arr.shape}")
+    height, width = arr.shape[:2]
+    return {
+        'height': int(height),
+        'width': int(width),
+        'encoding': encoding,
+        'is_bigendian': 0,
+        'step': int(width * channels),
+        'data': np.ascontiguousarray(arr).tobytes(),
+    }
+
+
+def rgb_to_image_fields(rgb: np.ndarray) -> Dict[str, Any]:
+    """Return ``rgb8`` image fields for an (H, W, 3) uint8 array.
+
+    Args:
+        rgb: the RGB picture.
+    """
+    return image_fields(rgb, 'rgb8')
+
+
+def mono_to_image_fields(mono: np.ndarray) -> Dict[str, Any]:
+    """Return ``mono8`` image fields for an (H, W) uint8 array (labels, confidence).
+
+    Args:
+        mono: the single-channel picture.
+    """
+    return image_fields(mono, 'mono8')

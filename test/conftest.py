@@ -1,0 +1,95 @@
+"""Shared test fixtures: DDS isolation for every ROS test, and tiny Flow2Seg models.
+
+DDS isolation is set up in ``pytest_configure``, i.e. before any test module is imported and
+long before rclpy creates a participant: discovery stays on loopback
+(``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), this run gets its own ``ROS_DOMAIN_ID`` derived
+from the pid (parallel runs on one machine do not hear each other), and Fast DDS loads the
+shipped large-image profile. Child processes started by tests inherit all three.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASTDDS_PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
+
+
+def dds_environment() -> Dict[str, str]:
+    """The environment variables that keep this test run's DDS traffic to itself."""
+    return {
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+        # Fast DDS accepts domain ids 0..232; keep clear of 0 (everyone's default).
+        'ROS_DOMAIN_ID': str(1 + os.getpid() % 200),
+        # Fast DDS 3 (Kilted); setting the 2.x name as well only earns a deprecation warning
+        'FASTDDS_DEFAULT_PROFILES_FILE': str(FASTDDS_PROFILE),
+    }
+
+
+def pytest_configure(config: Any) -> None:
+    """Set the DDS isolation variables before test modules (and rclpy) are imported."""
+    os.environ.update(dds_environment())
+    config.addinivalue_line('markers', 'slow: takes longer than ~20 s')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def dds_isolation() -> Dict[str, str]:
+    """Session-wide DDS isolation (set in pytest_configure); fails loudly if it was undone."""
+    env = dds_environment()
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+    assert FASTDDS_PROFILE.is_file(), f'Fast DDS profile missing: {FASTDDS_PROFILE}'
+    return env
+
+
+TINY_CLASSES = {
+    'names': ['road', 'building', 'car', 'person'],
+    'colors': [[128, 64, 128], [70, 70, 70], [0, 0, 142], [220, 20, 60]],
+    'label_ids': [7, 11, 26, 24],
+    'ignore_index': 255,
+}
+
+
+def make_tiny_model(seed: int = 0) -> Tuple[Any, Dict[str, Any]]:
+    """A tiny random ``lite`` Flow2Seg model and its model card (32x64 network input)."""
+    import torch
+
+    from flow2seg_ros.models import build_model
+    from flow2seg_ros.weights import CARD_FORMAT
+
+    torch.manual_seed(seed)
+    model = build_model('lite', num_classes=len(TINY_CLASSES['names']),
+                        widths=[8, 8, 16, 16], ppm_channels=8, flow_widths=[4, 4, 8, 8],
+                        fusion_channels=8).eval()
+    card = {
+        'format': CARD_FORMAT,
+        'preset': 'lite',
+        'model_kwargs': model.model_kwargs,
+        'classes': TINY_CLASSES,
+        'input_size': [32, 64],
+        'normalization': {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
+        'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0},
+        'training': {'note': 'random weights for tests'},
+        'metrics': {},
+    }
+    return model, card
+
+
+@pytest.fixture(scope='session')
+def tiny_model() -> Tuple[Any, Dict[str, Any]]:
+    """(model, card) of a tiny random lite model, shared by the session."""
+    return make_tiny_model()
+
+
+@pytest.fixture(scope='session')
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any) -> Path:
+    """The tiny model saved with ``weights.save_model`` (.safetensors + .json card)."""
+    from flow2seg_ros.weights import save_model
+
+    model, card = tiny_model
+    path = tmp_path_factory.mktemp('tiny_model') / 'tiny_lite.safetensors'
+    save_model(model, path, card)
+    return path
