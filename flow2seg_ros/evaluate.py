@@ -1,0 +1,241 @@
+"""flow2seg-evaluate: score a model on whole sequences with the node's own frame pipeline.
+
+Usage::
+
+    flow2seg-evaluate --data ROOT --split val [--weights W] [--out DIR]
+                      [--write-label-ids DIR] [--max-sequences N]
+
+Every sequence runs through :class:`flow2seg_ros.pipeline.FramePipeline` (the code the ROS node
+runs) in frame order, so flow comes from the frame before, exactly as on a robot. The fused, image
+and flow heads are scored with :class:`flow2seg_ros.metrics.HeadsEvaluator`: mIoU, per-class IoU,
+pixel accuracy and temporal consistency (TC), printed as a table like the paper's Table 1 and
+written as JSON. Predictions can be written as Cityscapes labelId PNGs named
+``<city>_<seq>_<frame>_flow2seg_labelIds.png``, which cityscapesscripts' official
+``evalPixelLevelSemanticLabeling`` accepts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import cv2
+from tqdm import tqdm
+
+from flow2seg_ros.classes import ClassSet
+
+__all__ = ['DEFAULT_FPS', 'find_sequences', 'prediction_name', 'evaluate_sequences',
+           'format_report', 'get_args_parser', 'main']
+
+#: Camera rate when the dataset does not say (Cityscapes' video is 17 frames/s).
+DEFAULT_FPS = 17.0
+LABEL_SUFFIX = '_gtFine_labelIds.png'
+PREDICTION_SUFFIX = '_flow2seg_labelIds.png'
+
+
+def find_sequences(root: str | os.PathLike, split: str, classes: ClassSet) -> Any:
+    """The sequences of a split in frame order (a ``data.cityscapes.SequenceDataset``).
+
+    Args:
+        root: dataset root (Cityscapes layout).
+        split: split folder name.
+        classes: the model's class set (maps label ids to its train ids).
+
+    Raises:
+        FileNotFoundError: naming the missing dataset folder.
+        flow2seg_ros.data.cityscapes.DatasetError: naming a missing split or empty dataset.
+    """
+    from flow2seg_ros.data.cityscapes import SequenceDataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'dataset folder not found: {root}')
+    return SequenceDataset(root, split, classes=classes)
+
+
+def prediction_name(label_path: Path) -> str:
+    """The prediction file name cityscapesscripts matches to a ground-truth file.
+
+    ``<city>_<seq>_<frame>_gtFine_labelIds.png`` -> ``<city>_<seq>_<frame>_flow2seg_labelIds.png``
+    (its evaluator looks for ``<city>_<seq>_<frame>*.png``).
+
+    Args:
+        label_path: the ground-truth labelId PNG.
+    """
+    name = Path(label_path).name
+    if not name.endswith(LABEL_SUFFIX):
+        raise ValueError(f'{label_path}: expected a name ending in {LABEL_SUFFIX}')
+    return name[:-len(LABEL_SUFFIX)] + PREDICTION_SUFFIX
+
+
+def dataset_fps(root: Path) -> float:
+    """The camera rate in ``<root>/sequence_info.json``, else :data:`DEFAULT_FPS`."""
+    info = root / 'sequence_info.json'
+    if info.is_file():
+        try:
+            return float(json.loads(info.read_text()).get('fps', DEFAULT_FPS))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f'{info}: no valid "fps": {exc}') from exc
+    return DEFAULT_FPS
+
+
+def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
+                       heads: Sequence[str] = ('fused', 'image', 'flow'), fps: float = DEFAULT_FPS,
+                       write_label_ids: Optional[Path] = None, label_head: str = 'fused',
+                       tc_flow: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Run every sequence through the pipeline in frame order and score each head.
+
+    Args:
+        pipeline: a :class:`flow2seg_ros.pipeline.FramePipeline`.
+        dataset: a ``data.cityscapes.SequenceDataset`` built with the pipeline's classes.
+        max_sequences: evaluate only the first N sequences (0 = all).
+        heads: heads to score.
+        fps: camera rate; frame k of a sequence is stamped k / fps.
+        write_label_ids: folder for labelId PNGs of ``label_head`` on annotated frames, or None.
+        label_head: head whose predictions are written.
+        tc_flow: flow estimator for temporal consistency (None = HeadsEvaluator's default).
+        progress: show a progress bar.
+
+    Returns:
+        ``HeadsEvaluator.summary()`` plus ``sequences``, ``seconds``, ``written`` (PNG count).
+    """
+    from flow2seg_ros.metrics import HeadsEvaluator
+
+    classes: ClassSet = pipeline.classes
+    evaluator = HeadsEvaluator(classes, heads=heads, tc_flow=tc_flow)
+    to_label = classes.train_to_label_lut()
+    sequences = list(dataset)[:max_sequences or None]
+    written = 0
+    total = sum(len(s) for s in sequences)
+    t0 = time.perf_counter()
+    with tqdm(total=total, desc='evaluate', unit='frame', disable=not progress) as bar:
+        for seq in sequences:
+            pipeline.reset()
+            evaluator.new_sequence()
+            for k, (image_path, label_path) in enumerate(zip(seq.images, seq.labels)):
+                rgb = dataset.read_image(image_path)
+                target = (None if label_path is None
+                          else dataset.read_label(label_path, rgb.shape))
+                result = pipeline.process(rgb, k / fps, outputs=(), heads=tuple(heads))
+                evaluator.update(rgb, result.head_labels, target)
+                pred = result.head_labels.get(label_head)
+                if write_label_ids is not None and label_path is not None and pred is not None:
+                    out = write_label_ids / Path(label_path).parent.name / \
+                        prediction_name(label_path)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    if not cv2.imwrite(str(out), to_label[pred]):
+                        raise OSError(f'could not write {out}')
+                    written += 1
+                bar.update(1)
+    summary = evaluator.summary()
+    summary['sequences'] = len(sequences)
+    summary['seconds'] = time.perf_counter() - t0
+    summary['written'] = written
+    summary['table'] = evaluator.table()
+    return summary
+
+
+def format_report(summary: dict[str, Any], classes: ClassSet) -> str:
+    """Table 1 style text: heads x (mIoU, TC, pixel accuracy), then per-class IoU, in %.
+
+    Args:
+        summary: :func:`evaluate_sequences`'s result.
+        classes: the class set (row order of the per-class table).
+    """
+    heads = list(summary['heads'])
+    lines = [f'{summary["sequences"]} sequences, {summary["frames"]} frames, '
+             f'{summary["labelled_frames"]} labelled', summary['table'], '',
+             'per-class IoU (%)', f'{"class":<16}' + ''.join(f'{h:>8}' for h in heads)]
+
+    def pct(v: Optional[float]) -> str:
+        return f'{"-":>8}' if v is None or (isinstance(v, float) and math.isnan(v)) \
+            else f'{100 * v:8.2f}'
+
+    for name in classes.names:
+        vals = [summary['heads'][h]['per_class_iou'].get(name) for h in heads]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f'{name:<16}' + ''.join(pct(v) for v in vals))
+    return '\n'.join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command-line options of ``flow2seg-evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog='flow2seg-evaluate',
+        description='Score a Flow2Seg model (heads fused, image, flow: mIoU, TC, pixel accuracy) '
+                    'on whole sequences with the node\'s frame pipeline.')
+    parser.add_argument('--data', required=True, help='dataset root (Cityscapes layout)')
+    parser.add_argument('--split', default='val', help='split folder (default val)')
+    parser.add_argument('--weights', default=None, help='model .safetensors (default: bundled)')
+    parser.add_argument('--out', default=None, help='folder for metrics.json')
+    parser.add_argument('--write-label-ids', default=None, metavar='DIR',
+                        help='write predictions of annotated frames as Cityscapes labelId PNGs')
+    parser.add_argument('--label-head', default='fused', choices=('fused', 'image', 'flow'),
+                        help='head written by --write-label-ids (default fused)')
+    parser.add_argument('--max-sequences', type=int, default=0,
+                        help='evaluate only the first N sequences (0 = all)')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    parser.add_argument('--flow-method', default=None, help="flow method (default: the card's)")
+    parser.add_argument('--flow-preset', default=None, help="flow preset (default: the card's)")
+    parser.add_argument('--fps', type=float, default=None,
+                        help='camera rate (default: sequence_info.json, else 17)')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``flow2seg-evaluate``; returns the exit status.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when None).
+    """
+    from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+
+    args = get_args_parser().parse_args(argv)
+    if args.max_sequences < 0:
+        raise SystemExit(f'--max-sequences must be >= 0, got {args.max_sequences}')
+    root = Path(args.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f'dataset folder not found: {root}')
+    fps = args.fps or dataset_fps(root)
+    config = PipelineConfig(weights=args.weights, device=args.device,
+                            flow_method=args.flow_method, flow_preset=args.flow_preset,
+                            max_gap_s=max(0.5, 2.5 / fps), threads=args.threads)
+    pipeline = FramePipeline(config)
+    dataset = find_sequences(root, args.split, pipeline.classes)
+    heads = ('fused', 'image', 'flow') if pipeline.has_flow_path else ('fused', 'image')
+    label_dir = Path(args.write_label_ids) if args.write_label_ids else None
+    summary = evaluate_sequences(pipeline, dataset, max_sequences=args.max_sequences,
+                                 heads=heads, fps=fps,
+                                 write_label_ids=label_dir, label_head=args.label_head,
+                                 progress=not args.no_progress)
+    card = pipeline.card
+    summary['setup'] = {
+        'data': str(root), 'split': args.split, 'weights': args.weights or 'bundled',
+        'preset': card.get('preset'), 'input_size': list(pipeline.input_size),
+        'flow': {'method': args.flow_method or card.get('flow', {}).get('method'),
+                 'preset': args.flow_preset or card.get('flow', {}).get('preset'),
+                 'scale': pipeline.flow_scale},
+        'device': str(pipeline.device), 'fps': fps, 'label_head': args.label_head,
+        'command': ' '.join(['flow2seg-evaluate', *(sys.argv[1:] if argv is None else argv)]),
+    }
+    print(format_report(summary, pipeline.classes))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'metrics.json').write_text(json.dumps(summary, indent=2) + '\n')
+        print(f'wrote {out / "metrics.json"}')
+    if label_dir is not None:
+        print(f'wrote {summary["written"]} labelId PNGs to {label_dir}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
