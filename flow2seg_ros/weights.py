@@ -1,0 +1,295 @@
+"""Model weights as safetensors plus a JSON model card beside them; never pickle.
+
+``save_model(model, "m.safetensors", card)`` writes ``m.safetensors`` (the ``state_dict``) and
+``m.json`` (the card). ``load_model("m.safetensors")`` rebuilds the model from the card's
+``preset``, ``model_kwargs`` and ``classes`` and loads the tensors. PyTorch pickle checkpoints
+(what ``torch.save`` writes) are refused: unpickling a file can run arbitrary code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import struct
+from typing import Any, Optional, Sequence, Union
+
+from safetensors.torch import load_file, save_file
+import torch
+from torch import nn
+
+from flow2seg_ros.classes import ClassSet
+
+__all__ = [
+    'CARD_FORMAT',
+    'WeightsError',
+    'bundled_model_path',
+    'card_path',
+    'load_model',
+    'make_card',
+    'read_safetensors',
+    'save_model',
+]
+
+#: Value of the model card's ``format`` key.
+CARD_FORMAT = 'flow2seg-model-card/1'
+
+_REQUIRED_CARD_KEYS = ('format', 'preset', 'model_kwargs', 'classes')
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+PathLike = Union[str, os.PathLike]
+
+
+class WeightsError(ValueError):
+    """A weights file or model card that cannot be used; the message names the file."""
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled default model (``flow2seg_ros/bundled/flow2seg_lite_synthetic``)."""
+    return Path(__file__).resolve().parent / 'bundled' / 'flow2seg_lite_synthetic.safetensors'
+
+
+def card_path(path: PathLike) -> Path:
+    """The model card beside a weights file: same stem, ``.json``.
+
+    Args:
+        path: the ``.safetensors`` weights file.
+    """
+    return Path(path).with_suffix('.json')
+
+
+def _describe_non_safetensors(head: bytes) -> str:
+    if head.startswith(b'PK\x03\x04'):
+        return ('a zip archive, such as a PyTorch checkpoint written by torch.save; it is refused '
+                'because loading it means unpickling, which can run arbitrary code; convert it '
+                'to safetensors with safetensors.torch.save_file(state_dict, path)')
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+        return ('a Python pickle (e.g. an old torch.save checkpoint); it is refused because '
+                'unpickling can run arbitrary code; convert it to safetensors with '
+                'safetensors.torch.save_file(state_dict, path)')
+    return 'not a safetensors file (no valid safetensors header)'
+
+
+def _is_safetensors(path: Path) -> tuple[bool, bytes]:
+    size = path.stat().st_size
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False, head
+        (length,) = struct.unpack('<Q', head)
+        if length < 2 or length > _MAX_HEADER_BYTES or 8 + length > size:
+            return False, head
+        header = f.read(length)
+    try:
+        parsed = json.loads(header.decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False, head
+    return isinstance(parsed, dict), head
+
+
+def read_safetensors(path: PathLike, *,
+                     device: Union[str, torch.device] = 'cpu') -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors file after checking that it is one.
+
+    Args:
+        path: the file.
+        device: where to put the tensors.
+
+    Raises:
+        WeightsError: the file is missing, a pickle/zip checkpoint or otherwise not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'weights file not found: {path}')
+    ok, head = _is_safetensors(path)
+    if not ok:
+        raise WeightsError(f'{path} is {_describe_non_safetensors(head)}')
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
+        raise WeightsError(f'{path} is not a readable safetensors file: {exc}') from exc
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel / DataParallel keep the real model in .module
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
+                                              nn.DataParallel)) else model
+
+
+def make_card(model: nn.Module, classes: ClassSet, *, input_size: Sequence[int],
+              mean: Sequence[float], std: Sequence[float], flow_method: str = 'dis',
+              flow_preset: str = 'ultrafast', flow_scale: float = 1.0,
+              training: Optional[dict[str, Any]] = None,
+              metrics: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A complete model card (DESIGN.md keys) for a Flow2Seg model.
+
+    Args:
+        model: the model (its ``preset`` and ``model_kwargs`` are recorded).
+        classes: the class set it predicts.
+        input_size: network input ``[H, W]``.
+        mean: per-channel RGB mean of the input normalisation (images in [0, 1]).
+        std: per-channel RGB std of the input normalisation.
+        flow_method: optical flow method (``make_flow_estimator``'s ``method``).
+        flow_preset: optical flow preset.
+        flow_scale: the network sees ``flow_px * flow_scale / W``.
+        training: how the model was trained (command, config, seed, steps, ...).
+        metrics: held-out figures.
+    """
+    model = _unwrap(model)
+    return {
+        'format': CARD_FORMAT,
+        'preset': model.preset,
+        'model_kwargs': dict(model.model_kwargs),
+        'classes': classes.to_dict(),
+        'input_size': [int(v) for v in input_size],
+        'normalization': {'mean': [float(v) for v in mean], 'std': [float(v) for v in std]},
+        'flow': {'method': flow_method, 'preset': flow_preset, 'scale': float(flow_scale)},
+        'training': dict(training or {}),
+        'metrics': dict(metrics or {}),
+    }
+
+
+def _validate_card(card: Any, where: PathLike) -> ClassSet:
+    if not isinstance(card, dict):
+        raise WeightsError(f'model card {where} should be a JSON object, got '
+                           f'{type(card).__name__}')
+    missing = [k for k in _REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise WeightsError(f'model card {where} lacks {missing}; it needs '
+                           f'{list(_REQUIRED_CARD_KEYS)}')
+    if card['format'] != CARD_FORMAT:
+        raise WeightsError(f'model card {where} has format {card["format"]!r}, expected '
+                           f'{CARD_FORMAT!r}')
+    if not isinstance(card['preset'], str):
+        raise WeightsError(f'model card {where}: preset should be a string, got '
+                           f'{card["preset"]!r}')
+    if not isinstance(card['model_kwargs'], dict):
+        raise WeightsError(f'model card {where}: model_kwargs should be an object, got '
+                           f'{card["model_kwargs"]!r}')
+    if 'num_classes' in card['model_kwargs']:
+        raise WeightsError(f'model card {where}: model_kwargs must not hold num_classes '
+                           '(it comes from classes)')
+    try:
+        classes = ClassSet.from_dict(card['classes'])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise WeightsError(f'model card {where}: invalid classes: {exc}') from exc
+    size = card.get('input_size')
+    if size is not None and (not isinstance(size, list) or len(size) != 2
+                             or not all(isinstance(v, int) and v > 0 for v in size)):
+        raise WeightsError(f'model card {where}: input_size should be [H, W] positive integers, '
+                           f'got {size!r}')
+    norm = card.get('normalization')
+    if norm is not None and (not isinstance(norm, dict) or any(
+            not isinstance(norm.get(k), list) or len(norm[k]) != 3 for k in ('mean', 'std'))):
+        raise WeightsError(f'model card {where}: normalization should be {{"mean": [3 values], '
+                           f'"std": [3 values]}}, got {norm!r}')
+    flow = card.get('flow')
+    if flow is not None and (not isinstance(flow, dict)
+                             or not isinstance(flow.get('scale'), (int, float))):
+        raise WeightsError(f'model card {where}: flow should be {{"method", "preset", '
+                           f'"scale": number}}, got {flow!r}')
+    return classes
+
+
+def save_model(model: nn.Module, path: PathLike, card: dict[str, Any]) -> dict[str, Any]:
+    """Write a model's ``state_dict`` as safetensors and its model card as JSON beside it.
+
+    The card's ``format``, ``preset`` and ``model_kwargs`` are filled from the model when absent
+    (and must match it when given); ``classes`` is required and must match the model's classes.
+
+    Args:
+        model: a :class:`~flow2seg_ros.models.Flow2Seg` (DDP/DataParallel wrappers are unwrapped).
+        path: destination ``.safetensors`` file (the card goes to the same stem ``.json``).
+        card: the model card (see DESIGN.md, or :func:`make_card`).
+
+    Returns:
+        The card as written.
+    """
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        raise WeightsError(f'weights path should end with .safetensors, got {path}')
+    model = _unwrap(model)
+    card = dict(card)
+    card.setdefault('format', CARD_FORMAT)
+    for key in ('preset', 'model_kwargs'):
+        actual = getattr(model, key, None)
+        if actual is None:
+            continue
+        if key in card and card[key] != actual:
+            raise WeightsError(f'card for {path}: {key} {card[key]!r} does not match the '
+                               f'model\'s {actual!r}')
+        card[key] = actual
+    classes = _validate_card(card, card_path(path))
+    num_classes = getattr(model, 'num_classes', None)
+    if num_classes is not None and classes.num_classes != num_classes:
+        raise WeightsError(f'card for {path}: {classes.num_classes} classes but the model '
+                           f'predicts {num_classes}')
+    try:
+        card_text = json.dumps(card, indent=2)
+    except TypeError as exc:
+        raise WeightsError(f'card for {path} is not JSON-serialisable: {exc}') from exc
+    state = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    save_file(state, str(tmp), metadata={'format': CARD_FORMAT, 'preset': str(card['preset'])})
+    os.replace(tmp, path)
+    tmp_card = card_path(path).with_name(card_path(path).name + '.tmp')
+    tmp_card.write_text(card_text + '\n')
+    os.replace(tmp_card, card_path(path))
+    return card
+
+
+def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f'invalid device {device!r}: {exc}') from exc
+
+
+def load_model(path: Optional[PathLike] = None, *,
+               device: Union[str, torch.device] = 'cpu') -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model and its card; ``path=None`` loads the bundled default.
+
+    Args:
+        path: a ``.safetensors`` file with its ``.json`` card beside it, or None for
+            :func:`bundled_model_path`.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+
+    Returns:
+        ``(model, card)``, the model in eval mode on ``device``.
+
+    Raises:
+        WeightsError: missing file, pickle or non-safetensors file, missing/invalid card, or a
+            card that does not match the tensors. The message names the file.
+    """
+    from flow2seg_ros.models import build_model
+
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise WeightsError(f'the bundled model is missing: {path}; train it with '
+                               '`flow2seg-train --config config/train_synthetic.yaml` or pass '
+                               'the path of a model')
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'weights file not found: {path}')
+    state = read_safetensors(path)
+    cpath = card_path(path)
+    if not cpath.is_file():
+        raise WeightsError(f'model card not found: {cpath} (it belongs beside {path})')
+    try:
+        card = json.loads(cpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f'model card {cpath} is not valid JSON: {exc}') from exc
+    classes = _validate_card(card, cpath)
+    try:
+        model = build_model(card['preset'], num_classes=classes.num_classes,
+                            **card['model_kwargs'])
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f'model card {cpath} does not describe a model: {exc}') from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f'{path} does not match its card {cpath}: {exc}') from exc
+    return model.to(_resolve_device(device)).eval(), card
