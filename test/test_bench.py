@@ -1,0 +1,82 @@
+"""flow2seg-bench: a quick in-process run and its JSON report."""
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from flow2seg_ros import bench
+
+STAGES = ('convert', 'resize', 'flow', 'network', 'argmax', 'resize_back', 'colour', 'messages')
+
+
+def _run(tmp_path, tiny_model_file, *extra):
+    out = tmp_path / 'bench.json'
+    argv = ['--quick', '--weights', str(tiny_model_file), '--sizes', '64x32',
+            '--cameras', '160x120', '--iterations', '3', '--device', 'cpu', '--out', str(out),
+            *extra]
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_quick_run_reports_every_stage_path_and_ratio(tmp_path, tiny_model_file, capsys):
+    publish = importlib.util.find_spec('rclpy') is not None  # in-process publishing needs rclpy
+    report = _run(tmp_path, tiny_model_file, *(['--publish'] if publish else []))
+    env = report['environment']
+    assert env['device'] == 'cpu' and env['torch_threads'] >= 1
+    assert env['torch'] == torch.__version__ and env['cpu_model']
+    (config,) = report['configs']
+    assert config['network'] == [64, 32] and config['camera'] == [160, 120]
+    assert config['iterations'] == 3 and config['published'] == publish
+    for key in ('stages_ms', 'image_only_stages_ms'):
+        for stage in STAGES + (('publish',) if publish else ()):
+            assert config[key][stage] > 0, (key, stage)
+    for part in ('image_path', 'flow_path', 'fusion', 'upsample'):
+        assert config['paths_ms'][part] > 0, part
+    totals = config['totals']['fused']
+    pipeline = sum(config['stages_ms'][s] for s in bench.PIPELINE_STAGES)
+    assert totals['pipeline_ms'] == pytest.approx(pipeline)
+    assert totals['pipeline_fps'] == pytest.approx(1e3 / config['stages_ms']['total'])
+    ratios = config['ratios']
+    for name in ('motion_cost', 'node_overhead', 'flow_fusion_over_image_path'):
+        assert math.isfinite(ratios[name]) and ratios[name] > 0, name
+    assert ratios['node_overhead'] == pytest.approx(
+        totals['node_added_ms'] / totals['pipeline_ms'])
+    printed = capsys.readouterr().out
+    assert 'motion' in printed and '64x32' in printed and '160x120' in printed
+
+
+def test_image_only_twin_shares_the_image_path(tiny_model_file):
+    model, image_only, card = bench.model_pair('lite', num_classes=4,
+                                               weights=str(tiny_model_file))
+    assert model.has_flow and not image_only.has_flow
+    assert card['image_only_card']['model_kwargs']['use_flow'] is False
+    x = torch.randn(1, 3, 32, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(image_only(x)['fused'], model(x)['fused'])
+
+
+def test_scene_frames_pan_and_message_round_trips():
+    frames = bench.scene_frames(2, (48, 24))
+    assert frames[0].shape == (24, 48, 3)
+    assert (frames[0][:, 3:] == frames[1][:, :-3]).all()
+    from flow2seg_ros.encodings import image_msg_to_rgb
+
+    for encoding in ('rgb8', 'bgr8'):
+        msg = bench.make_message(frames[0], encoding, 12.5)
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (12, 500_000_000)
+        assert (image_msg_to_rgb(msg) == frames[0]).all()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--sizes', '100x50'], 'multiples of 8'),
+    (['--sizes', 'big'], 'WxH'),
+    (['--weights', '/nonexistent/m.safetensors'], '/nonexistent/m.safetensors'),
+    (['--iterations', '0'], '--iterations'),
+])
+def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--quick', *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
