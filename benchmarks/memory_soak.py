@@ -18,10 +18,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from _common import model_file, new_tmp, rss_bytes
 from flow2seg_ros.bench import parse_size, scene_frames
 from flow2seg_ros.replay import apply_dds_environment
-
-from _common import model_file, new_tmp, rss_bytes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -131,13 +130,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'growth_pct': 100.0 * (final - baseline) / baseline,
         'slope_kib_per_1000_frames': slope,
     }
-    print(f"memory soak: {args.frames} frames ({what}, camera {args.camera[0]}x{args.camera[1]}, "
+    print(f'memory soak: {args.frames} frames ({what}, camera {args.camera[0]}x{args.camera[1]}, '
           f"network {nw}x{nh}) in {seconds:.0f} s ({result['frames_per_s']:.1f} frames/s), "
-          f"{stats.processed} processed, {stats.dropped} dropped")
+          f'{stats.processed} processed, {stats.dropped} dropped')
     print(f"RSS after {args.warmup} frames {result['rss_mib_at_warmup']:.1f} MiB, final "
           f"{result['rss_mib_final']:.1f} MiB, max {result['rss_mib_max']:.1f} MiB: growth "
           f"{result['growth_pct']:+.2f} % (target <= 5 %), trend "
-          f"{slope:+.1f} KiB per 1000 frames")
+          f'{slope:+.1f} KiB per 1000 frames')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=2)

@@ -18,11 +18,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from _common import model_file, new_tmp
 from flow2seg_ros.bench import parse_size, scene_frames
 from flow2seg_ros.replay import (apply_dds_environment, dds_environment, LiveReplay,
                                  start_node_process, stop_process)
-
-from _common import model_file, new_tmp
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

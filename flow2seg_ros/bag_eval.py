@@ -22,22 +22,21 @@ the input's storage format holding the input images and ``<ns>/labels``, ``<ns>/
 ``seg_node`` at the recorded rate (or ``--rate-scale``, or as fast as possible); its
 ``<node-ns>/labels`` outputs are matched by stamp to give end-to-end latency and frames lost.
 ``--sweep`` then searches, ros2_benchmark-style, for the highest input rate the node holds with
-under 5 % loss. The process keeps DDS discovery on this machine
-(``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless set) and loads the shipped large-image
-Fast DDS profile unless a profile is already named (see :func:`dds_environment`).
+under 5 % loss. Publishing and recording is :class:`flow2seg_ros.replay.LiveReplay`. The process
+keeps DDS discovery on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless set), keeps
+the inherited ``ROS_DOMAIN_ID`` and loads the shipped large-image Fast DDS profile unless a profile
+is already named (see :func:`flow2seg_ros.replay.dds_environment`).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections import Counter, deque
+import dataclasses
 from dataclasses import dataclass, field
 import json
 import os
 from pathlib import Path
 import shutil
-import sys
-import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,15 +44,16 @@ import numpy as np
 from tqdm import tqdm
 
 from flow2seg_ros.bagio import (
-    BagError, BagReader, BagWriter, COMPRESSED, IMAGE, image_message, STRING, stamp_ns)
+    BagError, BagReader, BagWriter, COMPRESSED, IMAGE, image_message, stamp_ns, STRING)
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.encodings import compressed_msg_to_rgb, image_msg_to_rgb, ImageFormatError
+from flow2seg_ros.replay import apply_dds_environment, describe_dds_changes, LiveReplay
 from flow2seg_ros.report import (
     fmt_ms, fmt_pct, markdown_table, percentiles, plot_confusion, plot_latency,
     plot_per_class_iou, plot_table, write_json, write_png)
 
-__all__ = ['BagEvalError', 'DEFAULT_NODE_NS', 'LiveOptions', 'dds_environment', 'evaluate_bag',
-           'get_args_parser', 'label_lut', 'live_replay', 'main', 'shipped_fastdds_profile']
+__all__ = ['BagEvalError', 'DEFAULT_NODE_NS', 'LiveOptions', 'evaluate_bag', 'get_args_parser',
+           'label_lut', 'live_replay', 'main']
 
 DEFAULT_NODE_NS = '/flow2seg_node'
 #: Loss below which a rate counts as held in a sweep (ros2_benchmark's usual threshold).
@@ -466,50 +466,6 @@ def _num(x: Optional[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- live
-def shipped_fastdds_profile() -> Path:
-    """The large-image Fast DDS profile shipped with the package (installed or source tree)."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory('flow2seg_ros')) / 'config')
-    except Exception:  # no ament index (pip install off ROS)
-        pass
-    candidates += [Path(sys.prefix) / 'share' / 'flow2seg_ros' / 'config',
-                   Path(__file__).resolve().parents[1] / 'config']
-    for folder in candidates:
-        path = folder / 'fastdds_large_images.xml'
-        if path.is_file():
-            return path
-    raise FileNotFoundError('fastdds_large_images.xml not found in ' +
-                            ', '.join(str(c) for c in candidates))
-
-
-def dds_environment(environ: Optional[dict[str, str]] = None) -> list[str]:
-    """Set up this process's DDS environment before rclpy starts; returns what it did.
-
-    Discovery stays on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) unless the user
-    chose a range, and the shipped large-image Fast DDS profile is loaded unless a profile is
-    already named: without it a best-effort publisher loses most camera-sized images.
-
-    Args:
-        environ: the environment to change (default ``os.environ``).
-    """
-    env = os.environ if environ is None else environ
-    notes = []
-    if not env.get('ROS_AUTOMATIC_DISCOVERY_RANGE'):
-        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-        notes.append('ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (DDS discovery on this machine '
-                     'only; set it to reach other hosts)')
-    if not env.get('FASTDDS_DEFAULT_PROFILES_FILE') and \
-            not env.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
-        profile = str(shipped_fastdds_profile())
-        env['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
-        notes.append(f'using the Fast DDS profile {profile} for large images (set '
-                     'FASTDDS_DEFAULT_PROFILES_FILE to use another)')
-    return notes
-
-
 @dataclass
 class LiveOptions:
     """How ``--live`` replays.
@@ -548,85 +504,15 @@ class LiveOptions:
     max_frames: int = 0
 
 
-class _Live:
-    """Publisher of bag frames and recorder of the node's labels (rclpy, own context)."""
-
-    def __init__(self, msgtype: str, topic: str, labels_topic: str) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CompressedImage, Image
-
-        self.rclpy = rclpy
-        self.cls = CompressedImage if msgtype == COMPRESSED else Image
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('flow2seg_bag_player', context=self.context)
-        self.pub = self.node.create_publisher(self.cls, topic, qos_profile_sensor_data)
-        self.labels_topic = labels_topic
-        self.lock = threading.Lock()
-        self.received: dict[int, float] = {}
-        self.node.create_subscription(
-            Image, labels_topic, self._on_labels,
-            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # shutdown while spinning
-            pass
-
-    def _on_labels(self, msg: Any) -> None:
-        now = time.perf_counter()
-        with self.lock:
-            self.received.setdefault(stamp_ns(msg.header), now)
-
-    def connected(self) -> bool:
-        return (self.pub.get_subscription_count() > 0
-                and self.node.count_publishers(self.labels_topic) > 0)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
-
-
-def _run_window(live: _Live, msgs: list[Any], stamps: Sequence[int],
+def _run_window(live: LiveReplay, msgs: list[Any], stamps: Sequence[int],
                 send_at: Optional[Sequence[float]], drain_s: float) -> dict[str, Any]:
     """Publish ``msgs[i % n]`` stamped ``stamps[i]`` at ``send_at[i]`` s after the start
     (None = as fast as possible); wait for outputs; return sent/received/latency figures."""
-    sent: dict[int, float] = {}
-    start = time.perf_counter()
-    for i, stamp in enumerate(stamps):
-        if send_at is not None:
-            delay = start + send_at[i] - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        msg = msgs[i % len(msgs)]
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp), 1_000_000_000)
-        sent[int(stamp)] = time.perf_counter()
-        live.pub.publish(msg)
-    send_s = time.perf_counter() - start
-    deadline = time.perf_counter() + drain_s
-    while time.perf_counter() < deadline:
-        with live.lock:
-            if all(s in live.received for s in sent):
-                break
-        time.sleep(0.02)
-    with live.lock:
-        got = {s: live.received[s] for s in sent if s in live.received}
-    latencies = [1000.0 * (got[s] - sent[s]) for s in got]
-    n = len(sent)
-    return {'sent': n, 'received': len(got), 'lost': n - len(got),
-            'loss': (n - len(got)) / n if n else None,
-            'send_rate_hz': (n - 1) / send_s if n > 1 and send_s > 0 else None,
-            'latency_ms': percentiles(latencies), '_latencies': latencies}
+    stats = live.run_window(msgs, stamps, send_at, drain_s=drain_s)
+    n = stats.sent
+    return {'sent': n, 'received': stats.received, 'lost': stats.lost,
+            'loss': stats.lost / n if n else None, 'send_rate_hz': stats.send_rate_hz,
+            'latency_ms': percentiles(stats.latency_ms), '_latencies': stats.latency_ms}
 
 
 def live_replay(bag: str | Path, *, image_topic: str, options: LiveOptions,
@@ -648,7 +534,8 @@ def live_replay(bag: str | Path, *, image_topic: str, options: LiveOptions,
         BagError, BagEvalError: as :func:`evaluate_bag`; BagEvalError also when the node does
             not appear or does not answer within ``wait_s``.
     """
-    for note in dds_environment():
+    # the node runs elsewhere: keep the inherited domain (ROS's default when unset)
+    for note in describe_dds_changes(apply_dds_environment(own_domain=False)):
         log(note)
     bag = Path(bag)
     with BagReader(bag) as reader:
@@ -662,24 +549,25 @@ def live_replay(bag: str | Path, *, image_topic: str, options: LiveOptions,
     if not raws:
         raise BagEvalError(f"topic '{image_topic}' in bag {bag} holds no messages")
     from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CompressedImage, Image
 
     ns = '/' + options.node_ns.strip('/')
     labels_topic = f'{ns}/labels'
     topic = options.publish_topic or image_topic
-    live = _Live(msgtype, topic, labels_topic)
+    cls = CompressedImage if msgtype == COMPRESSED else Image
+    live = LiveReplay(image_topic=topic, node_ns=ns, outputs=('labels',), message_type=cls)
     try:
-        msgs = [deserialize_message(r, live.cls) for r in raws]
+        msgs = [deserialize_message(r, cls) for r in raws]
         stamps0 = [stamp_ns(m.header) for m in msgs]
         span = max(stamps0) - min(stamps0) + 10_000_000_000
-        deadline = time.perf_counter() + options.wait_s
-        while not live.connected():
-            if time.perf_counter() > deadline:
-                raise BagEvalError(
-                    f"no node answered within {options.wait_s:g} s: nobody subscribes to "
-                    f"'{topic}' or nobody publishes '{labels_topic}'. Start seg_node with "
-                    f"-r image:={topic} in the same ROS_DOMAIN_ID "
-                    f"({os.environ.get('ROS_DOMAIN_ID', '0')}), or set --node-ns")
-            time.sleep(0.05)
+        try:
+            live.wait_for_node(options.wait_s)
+        except TimeoutError:
+            raise BagEvalError(
+                f'no node answered within {options.wait_s:g} s: nobody subscribes to '
+                f"'{topic}' or nobody publishes '{labels_topic}'. Start seg_node with "
+                f'-r image:={topic} in the same ROS_DOMAIN_ID '
+                f"({os.environ.get('ROS_DOMAIN_ID', '0')}), or set --node-ns") from None
         time.sleep(0.5)  # let the node's side of discovery match our publisher too
         rec_t = (np.asarray(times, np.float64) - times[0]) / 1e9
         period = float(np.median(np.diff(rec_t))) if len(rec_t) > 1 else 0.1
@@ -740,7 +628,7 @@ def live_replay(bag: str | Path, *, image_topic: str, options: LiveOptions,
     return data
 
 
-def _sweep(live: _Live, msgs: list[Any], stamps0: Sequence[int], next_base: Callable[[], int],
+def _sweep(live: LiveReplay, msgs: list[Any], stamps0: Sequence[int], next_base: Callable[[], int],
            options: LiveOptions, log: Callable[[str], None]) -> dict[str, Any]:
     """ros2_benchmark-style peak search: fixed-rate windows at increasing rates."""
     tried: list[dict[str, Any]] = []
@@ -918,7 +806,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{fmt_ms(r['latency_ms']['p50'])} / p90 {fmt_ms(r['latency_ms']['p90'])} / p99 "
               f"{fmt_ms(r['latency_ms']['p99'])} ms")
         if 'sweep' in data:
-            print(f"sweep: highest rate held with < 5 % loss: "
+            print('sweep: highest rate held with < 5 % loss: '
                   f"{_num(data['sweep']['highest_rate_held_hz'])} Hz")
         print(f"wrote {out / 'report.md'}")
         return data

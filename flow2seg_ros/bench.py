@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flow2seg_ros.classes import ClassSet, cityscapes_classes
+from flow2seg_ros.classes import cityscapes_classes, ClassSet
 from flow2seg_ros.encodings import image_fields, image_msg_to_rgb
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, resolve_device
 from flow2seg_ros.visualize import colorize, overlay

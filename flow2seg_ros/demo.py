@@ -178,7 +178,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--size', type=parse_size, default=(512, 256), help='frame size WxH')
     parser.add_argument('--seed', type=int, default=DEMO_SEED, help='sequence seed')
     parser.add_argument('--rate', type=float, default=0.0,
-                        help='camera rate in Hz (0 = the sequence\'s own rate)')
+                        help="camera rate in Hz (0 = the sequence's own rate)")
     parser.add_argument('--device', default='auto', help='node device: auto, cpu, cuda')
     parser.add_argument('--image-topic', default='/camera/image_raw', help='camera topic')
     parser.add_argument('--domain-id', type=int, default=None,
@@ -215,14 +215,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     r = s['replay']
     print(f"demo: frames sent {r['sent']}, received {r['received']}, lost {r['lost']} "
-          f"(latest-wins drops while busy)")
+          '(latest-wins drops while busy)')
     print(f"demo: throughput {r['throughput_hz']:.1f} frames/s at a {s['camera_rate_hz']:g} Hz "
           f"camera; latency p50 {r['latency_ms_p50']:.1f} ms, p95 {r['latency_ms_p95']:.1f} ms")
     print(f"demo: mIoU {_pct(s['miou'])}, pixel accuracy {_pct(s['pixel_accuracy'])}, "
           f"TC {_pct(s['tc'])} over {s['labelled_frames']} labelled frames received")
     print(f"demo: wrote {s['overlays_written']} overlays, contact_sheet.png"
           f"{', overlay.mp4' if s['video'] else ' (no MP4: OpenCV cannot write mp4v here)'} and "
-          f"summary.json to {args.out}/ in {time.monotonic() - started:.0f} s")
+          f'summary.json to {args.out}/ in {time.monotonic() - started:.0f} s')
     return 0
 
 

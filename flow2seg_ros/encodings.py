@@ -101,7 +101,7 @@ def _validated_rows(msg: Any, dtype: type, channels: int) -> np.ndarray:
     row_bytes = width * channels * itemsize
     if step < row_bytes:
         raise ImageFormatError(
-            f"step {step} is smaller than a row of {width} px x {channels * itemsize} bytes "
+            f'step {step} is smaller than a row of {width} px x {channels * itemsize} bytes '
             f"= {row_bytes} bytes ('{msg.encoding}')")
     data = msg.data
     if isinstance(data, (list, tuple)):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from flow2seg_ros.classes import ClassSet
 
 __all__ = ['DEFAULT_FPS', 'find_sequences', 'prediction_name', 'evaluate_sequences',
-           'format_report', 'get_args_parser', 'main']
+           'format_report', 'get_args_parser', 'main', 'run']
 
 #: Camera rate when the dataset does not say (Cityscapes' video is 17 frames/s).
 DEFAULT_FPS = 17.0
@@ -169,7 +169,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='flow2seg-evaluate',
         description='Score a Flow2Seg model (heads fused, image, flow: mIoU, TC, pixel accuracy) '
-                    'on whole sequences with the node\'s frame pipeline.')
+                    "on whole sequences with the node's frame pipeline.")
     parser.add_argument('--data', required=True, help='dataset root (Cityscapes layout)')
     parser.add_argument('--split', default='val', help='split folder (default val)')
     parser.add_argument('--weights', default=None, help='model .safetensors (default: bundled)')
@@ -193,14 +193,38 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``flow2seg-evaluate``; returns the exit status.
 
+    Bad input (a missing dataset folder or split, a missing or invalid weights file, a bad
+    option value) prints ``flow2seg-evaluate: error: <message>`` to stderr and returns 2.
+
     Args:
         argv: command-line arguments (``sys.argv[1:]`` when None).
     """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args, argv)
+    except (OSError, ValueError) as exc:  # DatasetError, WeightsError, FileNotFoundError, ...
+        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
+    """Evaluate as the parsed command line asks; returns 0.
+
+    Args:
+        args: :func:`get_args_parser`'s result.
+        argv: the command line, recorded in the summary (``sys.argv[1:]`` when None).
+
+    Raises:
+        FileNotFoundError: the dataset folder is missing.
+        flow2seg_ros.data.cityscapes.DatasetError: a missing split or an unusable dataset.
+        flow2seg_ros.weights.WeightsError: a missing or invalid weights file.
+        ValueError: a bad option value.
+    """
     from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 
-    args = get_args_parser().parse_args(argv)
     if args.max_sequences < 0:
-        raise SystemExit(f'--max-sequences must be >= 0, got {args.max_sequences}')
+        raise ValueError(f'--max-sequences must be >= 0, got {args.max_sequences}')
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset folder not found: {root}')

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from flow2seg_ros.bagio import (
     BagError, BagWriter, compressed_message, image_message, rgb_to_encoding, STORAGES,
     string_message, WRITE_ENCODINGS)
-from flow2seg_ros.classes import ClassSet, cityscapes_classes, load_class_set
+from flow2seg_ros.classes import cityscapes_classes, ClassSet, load_class_set
 
 __all__ = ['DEFAULT_START_S', 'FRAME_ID', 'label_info_topic', 'make_bag', 'get_args_parser',
            'main', 'sequence_gap_s']

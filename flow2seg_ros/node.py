@@ -44,7 +44,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64, String
 
 from flow2seg_ros.encodings import (
-    compressed_msg_to_rgb, image_fields, ImageFormatError, image_msg_to_rgb)
+    compressed_msg_to_rgb, image_fields, image_msg_to_rgb, ImageFormatError)
 
 try:  # vision_msgs where a ROS distribution provides it
     from vision_msgs.msg import LabelInfo, VisionClass  # type: ignore[import-not-found]
@@ -139,12 +139,12 @@ def validate_parameters(values: Dict[str, Any]) -> List[str]:
         bad('precision', 'expected fp32 or fp16')
     for name in ('network_image_width', 'network_image_height'):
         if name in values and int(values[name]) < 0:
-            bad(name, 'must be >= 0 (0 = the model card\'s size)')
+            bad(name, "must be >= 0 (0 = the model card's size)")
     if 'network_image_width' in values and 'network_image_height' in values:
         w, h = int(values['network_image_width']), int(values['network_image_height'])
         if (w == 0) != (h == 0) and w >= 0 and h >= 0:
             problems.append(f'network_image_width={w}, network_image_height={h}: '
-                            'set both or neither (0 = the model card\'s size)')
+                            "set both or neither (0 = the model card's size)")
     if 'flow_method' in values and values['flow_method'] not in ('',) + _FLOW_METHODS:
         bad('flow_method', f"expected '' or one of {', '.join(_FLOW_METHODS)}")
     if 'overlay_alpha' in values and not 0.0 <= float(values['overlay_alpha']) <= 1.0:

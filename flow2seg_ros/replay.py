@@ -1,15 +1,16 @@
 """Live replay over DDS: play frames to a running node like a camera and record what it publishes.
 
-Shared by the demo, the overload benchmark and bag replay (``flow2seg-bag-eval --live``):
+Shared by the demo, the benchmarks, the tests and bag replay (``flow2seg-bag-eval --live``):
 
 * :func:`dds_environment` / :func:`apply_dds_environment`: the environment every process that
   opens DDS needs here (discovery on loopback, its own domain id, the shipped large-image Fast DDS
-  profile unless the user named one: it matters on the publisher's side);
+  profile, each unless the user set it: the profile matters on the publisher's side);
 * :func:`start_node_process` / :func:`stop_process`: ``seg_node`` as its own process, the way
   users run it (``python -m flow2seg_ros.node --ros-args --params-file ... -r image:=...``);
 * :class:`LiveReplay`: an rclpy node in its own context that publishes ``sensor_msgs/Image``
-  best effort (a camera's QoS) at a fixed rate and records the node's outputs by header stamp,
-  with send and receive times, so latency and lost frames follow from the stamps.
+  (or ready messages such as a bag's) best effort (a camera's QoS) at a fixed rate or on a
+  schedule, and records the node's outputs by header stamp, with send and receive times, so
+  latency and lost frames follow from the stamps.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, MutableMapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['REPO_CONFIG', 'FASTDDS_PROFILE', 'dds_environment', 'apply_dds_environment',
+__all__ = ['REPO_CONFIG', 'FASTDDS_PROFILE', 'DDS_VARIABLES', 'dds_environment',
+           'apply_dds_environment', 'describe_dds_changes', 'shipped_fastdds_profile',
            'params_file', 'start_node_process', 'stop_process', 'Received', 'ReplayStats',
            'LiveReplay']
 
@@ -33,23 +35,28 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / 'config'
 FASTDDS_PROFILE_NAME = 'fastdds_large_images.xml'
 FASTDDS_PROFILE = REPO_CONFIG / FASTDDS_PROFILE_NAME
 _FASTDDS2_DISTROS = ('foxy', 'galactic', 'humble', 'iron')
+#: The variables :func:`dds_environment` fills in.
+DDS_VARIABLES = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE',
+                 'FASTRTPS_DEFAULT_PROFILES_FILE')
 
 
 def _config_file(name: str) -> Path:
     """A shipped config file: the source tree's, else the installed share directory's."""
-    path = REPO_CONFIG / name
-    if path.is_file():
-        return path
+    if (REPO_CONFIG / name).is_file():
+        return REPO_CONFIG / name
+    candidates = [REPO_CONFIG]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory('flow2seg_ros')) / 'config' / name
-        if shared.is_file():
-            return shared
-    except (ImportError, LookupError):
+        candidates.append(Path(get_package_share_directory('flow2seg_ros')) / 'config')
+    except (ImportError, LookupError, OSError):  # no ament index (pip install off ROS)
         pass
-    raise FileNotFoundError(f'config file {name} not found in {REPO_CONFIG} nor in the '
-                            'installed share/flow2seg_ros/config')
+    candidates.append(Path(sys.prefix) / 'share' / 'flow2seg_ros' / 'config')
+    for folder in candidates[1:]:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f'config file {name} not found in '
+                            + ', '.join(str(c) for c in candidates))
 
 
 def params_file() -> Path:
@@ -57,30 +64,45 @@ def params_file() -> Path:
     return _config_file('seg.yaml')
 
 
+def shipped_fastdds_profile() -> Path:
+    """The large-image Fast DDS profile shipped with the package (source tree or installed)."""
+    return _config_file(FASTDDS_PROFILE_NAME)
+
+
 def dds_environment(domain_id: Optional[int] = None,
-                    base: Optional[dict[str, str]] = None) -> dict[str, str]:
+                    base: Optional[Mapping[str, str]] = None, *,
+                    own_domain: bool = True) -> dict[str, str]:
     """The environment for a process that opens DDS, derived from ``base`` (default os.environ).
 
-    Discovery stays on loopback; the domain id is ``domain_id``, else ``base``'s, else one
-    derived from the pid; Fast DDS loads the shipped large-image profile unless ``base`` already
-    names a profile file.
+    What the user set is kept; the rest is filled in: discovery stays on this machine
+    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) unless a range is set; the domain id is
+    ``domain_id``, else ``base``'s, else (with ``own_domain``) one derived from the pid; Fast
+    DDS loads the shipped large-image profile unless ``base`` already names a profile file
+    (without it a best-effort publisher loses most camera-sized images). The profile is named
+    with ``FASTRTPS_DEFAULT_PROFILES_FILE`` as well only on distributions with Fast DDS 2.x.
 
     Args:
-        domain_id: ROS_DOMAIN_ID to use (0..232); None keeps the inherited one or picks one.
+        domain_id: ROS_DOMAIN_ID to use (0..232); None keeps the inherited one.
         base: environment to start from.
+        own_domain: without ``domain_id`` or an inherited id, pick one from the pid (False
+            leaves ROS's default domain, e.g. to reach a node someone else started).
+
+    Raises:
+        ValueError: ``domain_id`` is outside 0..232.
     """
     env = dict(os.environ if base is None else base)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    if not env.get('ROS_AUTOMATIC_DISCOVERY_RANGE'):
+        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     if domain_id is not None:
         if not 0 <= int(domain_id) <= 232:
             raise ValueError(f'ROS_DOMAIN_ID must be in 0..232, got {domain_id}')
         env['ROS_DOMAIN_ID'] = str(int(domain_id))
-    elif not env.get('ROS_DOMAIN_ID'):
+    elif own_domain and not env.get('ROS_DOMAIN_ID'):
         env['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 200)
     if not env.get('FASTDDS_DEFAULT_PROFILES_FILE') and not env.get(
             'FASTRTPS_DEFAULT_PROFILES_FILE'):
         try:
-            profile = str(_config_file(FASTDDS_PROFILE_NAME))
+            profile = str(shipped_fastdds_profile())
         except FileNotFoundError:
             profile = ''
         if profile:
@@ -91,21 +113,42 @@ def dds_environment(domain_id: Optional[int] = None,
     return env
 
 
-def apply_dds_environment(domain_id: Optional[int] = None) -> dict[str, str]:
-    """Set :func:`dds_environment` in this process (before rclpy creates a participant).
+def apply_dds_environment(domain_id: Optional[int] = None, *, own_domain: bool = True,
+                          environ: Optional[MutableMapping[str, str]] = None
+                          ) -> dict[str, str]:
+    """Set :func:`dds_environment` in ``environ`` (before rclpy creates a participant).
 
     Args:
-        domain_id: ROS_DOMAIN_ID to use; None keeps the inherited one or picks one.
+        domain_id: ROS_DOMAIN_ID to use; None keeps the inherited one.
+        own_domain: as for :func:`dds_environment`.
+        environ: the environment to change (default ``os.environ``).
 
     Returns:
-        The variables that were set.
+        The variables that were added or changed (see :func:`describe_dds_changes`).
     """
-    env = dds_environment(domain_id)
-    keys = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE',
-            'FASTRTPS_DEFAULT_PROFILES_FILE')
-    applied = {k: env[k] for k in keys if k in env}
-    os.environ.update(applied)
-    return applied
+    target = os.environ if environ is None else environ
+    env = dds_environment(domain_id, target, own_domain=own_domain)
+    changed = {k: env[k] for k in DDS_VARIABLES if k in env and target.get(k) != env[k]}
+    target.update(changed)
+    return changed
+
+
+def describe_dds_changes(changed: Mapping[str, str]) -> list[str]:
+    """One line per variable :func:`apply_dds_environment` set, saying why, for a log.
+
+    Args:
+        changed: :func:`apply_dds_environment`'s result.
+    """
+    notes = []
+    if 'ROS_AUTOMATIC_DISCOVERY_RANGE' in changed:
+        notes.append(f"ROS_AUTOMATIC_DISCOVERY_RANGE={changed['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
+                     '(DDS discovery on this machine only; set it to reach other hosts)')
+    if 'ROS_DOMAIN_ID' in changed:
+        notes.append(f"ROS_DOMAIN_ID={changed['ROS_DOMAIN_ID']} (set it to use another domain)")
+    if 'FASTDDS_DEFAULT_PROFILES_FILE' in changed:
+        notes.append(f"using the Fast DDS profile {changed['FASTDDS_DEFAULT_PROFILES_FILE']} "
+                     'for large images (set FASTDDS_DEFAULT_PROFILES_FILE to use another)')
+    return notes
 
 
 def start_node_process(*, image_topic: str = '/camera/image_raw',
@@ -175,6 +218,7 @@ class ReplayStats:
     rate_hz: float
     throughput_hz: float
     latency_ms: list[float] = field(default_factory=list)
+    send_rate_hz: Optional[float] = None
 
     def percentile(self, q: float) -> float:
         """Latency percentile ``q`` (0..100) in ms, nan without received frames."""
@@ -237,7 +281,7 @@ class LiveReplay:
                                              else ReliabilityPolicy.BEST_EFFORT))
         self.message_type = message_type or Image
         self.publisher = self.node.create_publisher(self.message_type, image_topic, camera_qos)
-        out_qos = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+        out_qos = QoSProfile(depth=50, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.topics = {name: f"{node_ns.rstrip('/')}/{name}" for name in self.outputs}
         self._lock = threading.Lock()
@@ -348,6 +392,45 @@ class LiveReplay:
             stamps.append(self.publish(rgb, encoding=encoding))
             next_time += period
         return stamps
+
+    def run_window(self, msgs: Sequence[Any], stamps: Sequence[int],
+                   send_at: Optional[Sequence[float]] = None, *,
+                   drain_s: float = 2.0) -> ReplayStats:
+        """Publish ready messages on a schedule, wait for the outputs, and measure them.
+
+        One run or one window of a rate sweep: ``msgs[i % len(msgs)]`` goes out stamped
+        ``stamps[i]`` at ``send_at[i]`` seconds after the start (None = as fast as possible);
+        then outputs are awaited for up to ``drain_s``.
+
+        Args:
+            msgs: messages of this replay's ``message_type`` (restamped in place).
+            stamps: header stamps in ns, one per message sent (unique within the replay).
+            send_at: send times in seconds from the start, one per stamp, or None.
+            drain_s: how long to wait for outputs after the last message.
+
+        Returns:
+            The figures; ``rate_hz`` and ``send_rate_hz`` are the rate achieved in sending
+            (nan / None for a single message).
+        """
+        if not msgs:
+            raise ValueError('run_window needs at least one message')
+        if send_at is not None and len(send_at) != len(stamps):
+            raise ValueError(f'send_at has {len(send_at)} times for {len(stamps)} stamps')
+        sent = []
+        start = time.perf_counter()
+        for i, stamp in enumerate(stamps):
+            if send_at is not None:
+                delay = start + send_at[i] - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sent.append(self.publish_message(msgs[i % len(msgs)], stamp))
+        send_s = time.perf_counter() - start
+        self.wait_outputs(sent, quiet_s=drain_s, timeout=drain_s)
+        n = len(sent)
+        send_rate = (n - 1) / send_s if n > 1 and send_s > 0 else None
+        stats = self.stats(sent, send_rate if send_rate is not None else float('nan'))
+        stats.send_rate_hz = send_rate
+        return stats
 
     def wait_outputs(self, stamps: Sequence[int], *, quiet_s: float = 1.0,
                      timeout: float = 30.0) -> None:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 import yaml
 
-from flow2seg_ros.classes import ClassSet, cityscapes_classes, load_class_set
+from flow2seg_ros.classes import cityscapes_classes, ClassSet, load_class_set
 
 __all__ = ['ConfigError', 'TrainConfig', 'FlowPairDataset', 'load_config',
            'build_model_from_config', 'save_checkpoint', 'load_checkpoint', 'train_one_epoch',
@@ -780,7 +780,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     if want == 'auto':
         want = 'cuda' if torch.cuda.is_available() else 'cpu'
     if want.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {cfg.device!r} asked for but CUDA is not available')
+        raise ConfigError(f'device {cfg.device!r} asked for but CUDA is not available')
     if world > 1:
         if want.startswith('cuda'):
             device = torch.device('cuda', local)
@@ -828,13 +828,20 @@ def _machine() -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    """Entry point of ``flow2seg-train``: train as configured; returns the exit status 0.
+    """Entry point of ``flow2seg-train``: train as configured; returns the exit status.
+
+    Bad input (a missing or invalid config, an unknown key, a missing dataset, an unusable
+    weights file) prints ``flow2seg-train: error: <message>`` to stderr and returns 2.
 
     Args:
         args: parsed arguments (``get_args_parser()``; an ``overrides`` dict may be added), a
             list of command-line tokens, or None for ``sys.argv[1:]``.
     """
-    train_model(args)
+    try:
+        train_model(args)
+    except (OSError, ValueError) as exc:  # ConfigError, DatasetError, WeightsError, ...
+        print(f'flow2seg-train: error: {exc}', file=sys.stderr)
+        return 2
     return 0
 
 

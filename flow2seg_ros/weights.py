@@ -216,7 +216,7 @@ def save_model(model: nn.Module, path: PathLike, card: dict[str, Any]) -> dict[s
             continue
         if key in card and card[key] != actual:
             raise WeightsError(f'card for {path}: {key} {card[key]!r} does not match the '
-                               f'model\'s {actual!r}')
+                               f"model's {actual!r}")
         card[key] = actual
     classes = _validate_card(card, card_path(path))
     num_classes = getattr(model, 'num_classes', None)

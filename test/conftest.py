@@ -4,7 +4,9 @@ DDS isolation is set up in ``pytest_configure``, i.e. before any test module is 
 long before rclpy creates a participant: discovery stays on loopback
 (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), this run gets its own ``ROS_DOMAIN_ID`` derived
 from the pid (parallel runs on one machine do not hear each other), and Fast DDS loads the
-shipped large-image profile. Child processes started by tests inherit all three.
+shipped large-image profile, whatever the calling shell set (the values come from
+:func:`flow2seg_ros.replay.dds_environment`, the one place the project derives them). Child
+processes started by tests inherit all three.
 """
 
 import os
@@ -13,19 +15,19 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
+from flow2seg_ros import replay
+
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 
 
 def dds_environment() -> Dict[str, str]:
     """The environment variables that keep this test run's DDS traffic to itself."""
-    return {
-        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        # Fast DDS accepts domain ids 0..232; keep clear of 0 (everyone's default).
-        'ROS_DOMAIN_ID': str(1 + os.getpid() % 200),
-        # Fast DDS 3 (Kilted); setting the 2.x name as well only earns a deprecation warning
-        'FASTDDS_DEFAULT_PROFILES_FILE': str(FASTDDS_PROFILE),
-    }
+    # Fast DDS accepts domain ids 0..232; keep clear of 0 (everyone's default). Starting from
+    # an empty environment (but the distribution) ignores what the calling shell set.
+    base = {'ROS_DISTRO': os.environ['ROS_DISTRO']} if os.environ.get('ROS_DISTRO') else {}
+    env = replay.dds_environment(1 + os.getpid() % 200, base=base)
+    return {k: env[k] for k in replay.DDS_VARIABLES if k in env}
 
 
 def pytest_configure(config: Any) -> None:

@@ -208,17 +208,24 @@ def test_skip_bad_labels_scores_frames_without_them(tiny_model_file, tmp_path):
     assert data['frames']['skipped'] == {'label size mismatch (frame not scored)': 3}
 
 
-def test_dds_environment_keeps_user_settings_and_fills_the_rest():
+def test_live_dds_environment_keeps_user_settings_and_fills_the_rest():
+    """What ``--live`` applies: the user's settings stay, the domain stays the inherited one."""
+    from flow2seg_ros.replay import apply_dds_environment, describe_dds_changes
+
     env = {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
-    notes = bag_eval.dds_environment(env)
+    notes = describe_dds_changes(apply_dds_environment(own_domain=False, environ=env))
     assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'SUBNET'
     assert Path(env['FASTDDS_DEFAULT_PROFILES_FILE']).name == 'fastdds_large_images.xml'
     assert len(notes) == 1 and 'Fast DDS profile' in notes[0]
     env = {'FASTDDS_DEFAULT_PROFILES_FILE': '/x.xml'}
-    notes = bag_eval.dds_environment(env)
+    notes = describe_dds_changes(apply_dds_environment(own_domain=False, environ=env))
     assert env == {'FASTDDS_DEFAULT_PROFILES_FILE': '/x.xml',
                    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
-    assert 'LOCALHOST' in notes[0]
+    assert len(notes) == 1 and 'LOCALHOST' in notes[0]
+    env = {'ROS_DOMAIN_ID': '7', 'FASTDDS_DEFAULT_PROFILES_FILE': '/x.xml',
+           'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    assert apply_dds_environment(own_domain=False, environ=env) == {}
+    assert env['ROS_DOMAIN_ID'] == '7'
 
 
 @pytest.mark.ros

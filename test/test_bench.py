@@ -80,3 +80,14 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
         bench.main(['--quick', *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_invalid_weights_file_is_named_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'not a safetensors file')
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--quick', '--weights', str(bad), '--out', str(tmp_path / 'b.json')])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('flow2seg-bench: error: ') and str(bad) in err
+    assert 'Traceback' not in err and not (tmp_path / 'b.json').exists()

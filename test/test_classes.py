@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from flow2seg_ros.classes import ClassSet, cityscapes_classes, class_set_json, load_class_set
+from flow2seg_ros.classes import cityscapes_classes, class_set_json, ClassSet, load_class_set
 
 
 def test_cityscapes_has_the_19_train_classes_with_official_ids_and_colours():

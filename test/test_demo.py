@@ -57,5 +57,9 @@ def test_dds_environment_keeps_traffic_local_and_respects_a_user_profile():
     assert humble['ROS_DOMAIN_ID'] == '5'
     mine = dds_environment(base={'FASTDDS_DEFAULT_PROFILES_FILE': '/my/profile.xml'})
     assert mine['FASTDDS_DEFAULT_PROFILES_FILE'] == '/my/profile.xml'
+    subnet = dds_environment(base={'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'})
+    assert subnet['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'SUBNET'  # the user's choice stays
+    assert 1 <= int(subnet['ROS_DOMAIN_ID']) <= 200  # an own domain, not everyone's 0
+    assert 'ROS_DOMAIN_ID' not in dds_environment(base={}, own_domain=False)
     with pytest.raises(ValueError, match='233'):
         dds_environment(233)

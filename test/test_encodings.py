@@ -176,7 +176,7 @@ def test_compressed(rgb):
     ok, jpg = cv2.imencode('.jpg', flat[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 95])
     out = compressed_msg_to_rgb(SimpleNamespace(format='jpeg', data=jpg.tobytes()))
     assert np.abs(out.astype(int) - flat).max() <= 4
-    with pytest.raises(ImageFormatError, match=r"cannot decode compressed image of 9 bytes"):
+    with pytest.raises(ImageFormatError, match=r'cannot decode compressed image of 9 bytes'):
         compressed_msg_to_rgb(SimpleNamespace(format='jpeg', data=b'not a jpg'))
     with pytest.raises(ImageFormatError, match='empty'):
         compressed_msg_to_rgb(SimpleNamespace(format='png', data=b''))

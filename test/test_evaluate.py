@@ -2,6 +2,7 @@
 import json
 import math
 from pathlib import Path
+import re
 
 import cv2
 import numpy as np
@@ -110,15 +111,41 @@ def test_max_sequences_and_image_only_model(tmp_path, trained):
     assert set(summary['heads']) == {'fused', 'image'}  # no flow path, no flow head
 
 
-def test_missing_dataset_folder_and_split(tmp_path, trained):
-    _, model = trained
+def _error(capsys):
+    """stderr of a main() that failed cleanly: the tool's error line, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith('flow2seg-evaluate: error: '), err
+    assert 'Traceback' not in err
+    return err
+
+
+def test_missing_dataset_folder_and_split(tmp_path, tiny_model_file, capsys):
     missing = tmp_path / 'no_such_dataset'
+    argv = ['--data', str(missing), '--weights', str(tiny_model_file), '--no-progress']
     with pytest.raises(FileNotFoundError, match='no_such_dataset'):
-        evaluate.main(['--data', str(missing), '--weights', str(model), '--no-progress'])
+        evaluate.run(evaluate.get_args_parser().parse_args(argv))
+    assert evaluate.main(argv) == 2
+    assert f'dataset folder not found: {missing}' in _error(capsys)
     (tmp_path / 'empty').mkdir()
+    argv = ['--data', str(tmp_path / 'empty'), '--split', 'test', '--weights',
+            str(tiny_model_file), '--no-progress']
     with pytest.raises(ValueError, match="split 'test' not found: .*empty"):
-        evaluate.main(['--data', str(tmp_path / 'empty'), '--split', 'test',
-                       '--weights', str(model), '--no-progress'])
+        evaluate.run(evaluate.get_args_parser().parse_args(argv))
+    assert evaluate.main(argv) == 2
+    assert re.search(r"split 'test' not found: .*empty", _error(capsys))
+
+
+def test_missing_or_invalid_weights_file(tmp_path, capsys):
+    (tmp_path / 'data').mkdir()
+    missing = tmp_path / 'none.safetensors'
+    assert evaluate.main(['--data', str(tmp_path / 'data'), '--weights', str(missing)]) == 2
+    assert f'weights file not found: {missing}' in _error(capsys)
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'this is not a safetensors file at all')
+    assert evaluate.main(['--data', str(tmp_path / 'data'), '--weights', str(bad)]) == 2
+    assert str(bad) in _error(capsys)
+    assert evaluate.main(['--data', str(tmp_path / 'data'), '--max-sequences', '-1']) == 2
+    assert '--max-sequences must be >= 0, got -1' in _error(capsys)
 
 
 def test_prediction_name_matches_cityscapes_pattern():

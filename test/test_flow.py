@@ -59,8 +59,8 @@ def test_bad_frames_and_names_are_refused():
         make_flow_estimator('dis', 'turbo')
 
 
-def test_raft_without_weights_fails_at_construction_naming_where_to_put_them(tmp_path,
-                                                                              monkeypatch):
+def test_raft_without_weights_fails_at_construction_naming_where_to_put_them(
+        tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     with pytest.raises(FileNotFoundError, match='raft_small.safetensors'):
         make_flow_estimator('raft_small')

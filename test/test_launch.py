@@ -81,7 +81,7 @@ def test_setup_installs_what_the_launch_file_needs():
     kwargs = _setup_kwargs()
     scripts = kwargs['entry_points']['console_scripts']
     assert 'seg_node = flow2seg_ros.node:main' in [s.replace(' ', '').replace('=', ' = ')
-                                                  for s in scripts]
+                                                   for s in scripts]
     assert callable(importlib.import_module('flow2seg_ros.node').main)
     installed = {}
     for dest, files in kwargs['data_files']:

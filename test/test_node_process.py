@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
-PUBLISHER = '''
+PUBLISHER = """
 import sys, time
 import numpy as np
 import rclpy
@@ -41,7 +41,7 @@ for i in range(count):
     rclpy.spin_once(node, timeout_sec=period)
 node.destroy_node()
 rclpy.shutdown()
-'''
+"""
 
 
 def _start_node(model_file, log_path):

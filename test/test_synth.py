@@ -104,6 +104,25 @@ def test_parse_size() -> None:
         synth.parse_size('512')
 
 
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        synth.main(['--out', str(tmp_path), '--size', '8x8'])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "flow2seg-synth: error: argument --size: size must be at least 16x16, got '8x8'" \
+        in err and 'Traceback' not in err
+    blocked = tmp_path / 'a_file'
+    blocked.write_text('')
+    assert synth.main(['--out', str(blocked / 'data'), '--sequences', '1', '--frames', '1',
+                       '--size', '32x16', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('flow2seg-synth: error: ') and str(blocked) in err
+    assert 'Traceback' not in err
+    assert synth.main(['--out', str(tmp_path), '--split', '../up', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert "split must be a plain folder name, got '../up'" in err and 'Traceback' not in err
+
+
 def test_movers_move_independently_of_static_scene() -> None:
     import pybullet as p
 

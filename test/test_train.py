@@ -81,6 +81,29 @@ def test_missing_dataset_folder(tmp_path):
         train.train_model(['--config', str(cfg)])
 
 
+def _error(capsys):
+    """stderr of a main() that failed cleanly: the tool's error line, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith('flow2seg-train: error: '), err
+    assert 'Traceback' not in err
+    return err
+
+
+def test_console_errors_name_the_problem(tmp_path, capsys):
+    missing = tmp_path / 'missing.yaml'
+    assert train.main(['--config', str(missing)]) == 2
+    assert f'training config not found: {missing}' in _error(capsys)
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('steps: 10\nlearning_rate: 0.1\n')
+    assert train.main(['--config', str(bad)]) == 2
+    assert f"{bad}: unknown key 'learning_rate'" in _error(capsys)
+    assert train.main(['--config', str(write_config(tmp_path / 'c.yaml', tmp_path / 'nodata')),
+                       '--stepz', '3']) == 2
+    assert "command line: unknown key 'stepz'" in _error(capsys)
+    assert train.main(['--config', str(tmp_path / 'c.yaml')]) == 2
+    assert str(tmp_path / 'nodata') in _error(capsys)
+
+
 def test_training_lowers_loss_and_writes_model_card(tmp_path, data_root):
     from flow2seg_ros.weights import load_model
 
@@ -119,7 +142,7 @@ def test_resume_continues_exactly(tmp_path, data_root):
     meta = json.loads((tmp_path / 'part' / 'checkpoint.json').read_text())
     assert meta['step'] == 2 and meta['format'] == train.CHECKPOINT_FORMAT
     b2 = train.train_model(['--config', str(part), '--resume',
-                     str(tmp_path / 'part' / 'checkpoint.safetensors')])
+                            str(tmp_path / 'part' / 'checkpoint.safetensors')])
     assert b2['step'] == 5
     assert b2['losses'] == pytest.approx(a['losses'], rel=1e-5)
     wa = load_file(str(tmp_path / 'full' / 'model.safetensors'))

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from flow2seg_ros.classes import ClassSet, cityscapes_classes
+from flow2seg_ros.classes import cityscapes_classes, ClassSet
 
 __all__ = ['DatasetError', 'PairTransform', 'SequenceDataset', 'SequencePairDataset',
            'SequenceRecord', 'read_label', 'read_rgb']

@@ -28,6 +28,7 @@ import json
 import math
 import os
 from pathlib import Path
+import sys
 import tempfile
 import time
 from typing import Callable, Optional, Sequence
@@ -340,7 +341,6 @@ class SynthSequence:
     # ---- the scene ----
     def _build(self) -> None:
         rng = self.rng
-        p = self._p
         self.speed = float(rng.uniform(3.0, 8.5))                 # camera speed [m/s]
         self.duration = self.frames / FPS
         travel = self.speed * self.duration
@@ -380,8 +380,8 @@ class SynthSequence:
                 color = _color(rng, str(rng.choice(fam[cls])))
                 style.textures[cls].append(self._load_texture(str(rng.choice(kinds[cls])), color))
         share = float(rng.uniform(0.15, 0.45))
-        for cls, donors in (('car', ('building', 'wall')), ('person', ('pole', 'vegetation',
-                                                                          'building'))):
+        for cls, donors in (('car', ('building', 'wall')),
+                            ('person', ('pole', 'vegetation', 'building'))):
             for d in donors:
                 if rng.random() < share:
                     style.textures[cls].extend(style.textures[d])
@@ -583,8 +583,8 @@ class SynthSequence:
 
             def traj(t: float) -> tuple[float, float, float]:
                 u = u0 + v * t
-                return x0 - math.sin(h) * u, y0 + math.cos(h) * u, h + math.copysign(math.pi / 2,
-                                                                                   v)
+                return (x0 - math.sin(h) * u, y0 + math.cos(h) * u,
+                        h + math.copysign(math.pi / 2, v))
             return traj
 
         n_cars = int(rng.integers(3, 10))
@@ -627,8 +627,8 @@ class SynthSequence:
             lateral = side * (edge + float(rng.uniform(0.6, self.sidewalk_w - 0.4)))
             if kind == 'sidewalk':
                 v = float(rng.uniform(0.8, 2.2)) * rng.choice([-1, 1])
-                s0 = self.cam_s0 + float(rng.uniform(5, 60)) + v_cam * dur * float(rng.uniform(0,
-                                                                                              1))
+                s0 = (self.cam_s0 + float(rng.uniform(5, 60))
+                      + v_cam * dur * float(rng.uniform(0, 1)))
                 self._person(along(s0, v, lateral, back=v < 0))
             elif kind == 'crossing':
                 v = float(rng.uniform(0.9, 2.0)) * rng.choice([-1, 1])
@@ -837,6 +837,14 @@ def generate(out: str | Path, *, sequences: int, frames: int, size: tuple[int, i
             'ms_per_frame': 1000.0 * seconds / max(written, 1)}
 
 
+def _size_arg(text: str) -> tuple[int, int]:
+    """:func:`parse_size` for argparse: its message becomes the command line's error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The command-line options of ``flow2seg-synth``."""
     parser = argparse.ArgumentParser(
@@ -845,7 +853,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', required=True, help='dataset root to write')
     parser.add_argument('--sequences', type=int, default=20, help='number of sequences')
     parser.add_argument('--frames', type=int, default=30, help='frames per sequence')
-    parser.add_argument('--size', type=parse_size, default=(512, 256), help='WxH (512x256)')
+    parser.add_argument('--size', type=_size_arg, default=(512, 256), help='WxH (512x256)')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--split', default='train', help='split folder name (train, val, ...)')
     parser.add_argument('--annotate', choices=('all', 'last'), default='all',
@@ -855,15 +863,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``flow2seg-synth``.
+    """Entry point of ``flow2seg-synth``; returns the exit status.
+
+    A bad option (``--size``) exits with status 2 and argparse's message; bad values for the
+    generator or a folder that cannot be written print ``flow2seg-synth: error: <message>`` to
+    stderr and return 2.
 
     Args:
         argv: command-line arguments (``sys.argv[1:]`` when None).
     """
-    args = get_args_parser().parse_args(argv)
-    summary = generate(args.out, sequences=args.sequences, frames=args.frames, size=args.size,
-                       seed=args.seed, split=args.split, annotate=args.annotate,
-                       progress=not args.no_progress)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = generate(args.out, sequences=args.sequences, frames=args.frames,
+                           size=args.size, seed=args.seed, split=args.split,
+                           annotate=args.annotate, progress=not args.no_progress)
+    except (OSError, ValueError) as exc:
+        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        return 2
     print(f"wrote {summary['frames']} frames of {summary['city']} to {args.out} "
           f"({summary['ms_per_frame']:.1f} ms/frame, camera rate {FPS:g} fps)")
     return 0

@@ -28,7 +28,8 @@ def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
     Args:
         method: one of ``dis``, ``farneback``, ``raft_small``, ``raft_large``.
         preset: DIS preset (``ultrafast``, ``fast``, ``medium``); for RAFT the number of
-            refinement iterations as a string (``''`` = the method's default); ignored by Farneback.
+            refinement iterations as a string (``''`` = the method's default); ignored by
+            Farneback.
         device: torch device of the returned flow (RAFT also runs there).
         weights: RAFT weights, a local .safetensors file; None looks in the torch hub cache.
     """

@@ -8,7 +8,7 @@ __all__ = ['FlowEstimator', 'check_pair', 'scale_flow']
 
 
 class FlowEstimator:
-    """Base class: ``estimator(prev_rgb, cur_rgb)`` -> (2, H, W) float32 flow, current->previous."""
+    """Base class: ``estimator(prev_rgb, cur_rgb)`` -> (2, H, W) float32 flow, current->prev."""
 
     name: str = 'flow'
 

@@ -146,8 +146,8 @@ def hub_backbone_weights_path(arch: str) -> Path:
 def _conversion_hint(arch: str, path: Path) -> str:
     return (f'put a torchvision {arch} ImageNet state_dict saved with safetensors there, e.g. on '
             f'a machine with internet: python -c "import torchvision; from safetensors.torch '
-            f'import save_file; save_file(torchvision.models.{arch}(weights=\'DEFAULT\')'
-            f'.state_dict(), \'{path}\')"')
+            f"import save_file; save_file(torchvision.models.{arch}(weights='DEFAULT')"
+            f".state_dict(), '{path}')\"")
 
 
 def _backbone_weights_file(arch: str, weights: Union[str, os.PathLike]) -> Path:
