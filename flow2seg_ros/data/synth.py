@@ -379,7 +379,7 @@ class SynthSequence:
             for _ in range(n):
                 color = _color(rng, str(rng.choice(fam[cls])))
                 style.textures[cls].append(self._load_texture(str(rng.choice(kinds[cls])), color))
-        share = float(rng.uniform(0.15, 0.45))
+        share = float(rng.uniform(0.5, 0.9))
         for cls, donors in (('car', ('building', 'wall')),
                             ('person', ('pole', 'vegetation', 'building'))):
             for d in donors:
@@ -619,10 +619,10 @@ class SynthSequence:
                 s = self.cross_s + lane_off
                 self._car(across(s, u_mid - v * dur / 2, v))
 
-        n_people = int(rng.integers(2, 9))
+        n_people = int(rng.integers(3, 10))
         edge = self.road_hw
         for _ in range(n_people):
-            kind = rng.choice(['sidewalk', 'crossing', 'standing'], p=[0.55, 0.3, 0.15])
+            kind = rng.choice(['sidewalk', 'crossing', 'standing'], p=[0.5, 0.4, 0.1])
             side = float(rng.choice([-1, 1]))
             lateral = side * (edge + float(rng.uniform(0.6, self.sidewalk_w - 0.4)))
             if kind == 'sidewalk':
