@@ -219,7 +219,8 @@ class FramePipeline:
     def _small(self, rgb: np.ndarray) -> np.ndarray:
         h, w = self.input_size
         if rgb.shape[:2] == (h, w):
-            return rgb
+            # kept as the previous frame and handed to torch: never a view of a read-only buffer
+            return rgb if rgb.flags.writeable else rgb.copy()
         # INTER_AREA is the anti-aliased downscale but takes 5-10 ms on a CPU at a fractional
         # factor (640x480 or 1280x720 to 512x256). Downscaling by an integer factor k >= 2 with
         # INTER_AREA is fast, so: bilinear to k times the network size, then area by k; below a
