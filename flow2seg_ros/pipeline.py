@@ -193,6 +193,7 @@ class FramePipeline:
                                                  weights=config.flow_weights)
         self.flow_estimator = flow_estimator
         self._prev: Optional[_Frame] = None
+        self._pinned: Optional[torch.Tensor] = None  # page-locked upload buffer (CUDA only)
         self.frames = 0
         self.resets = 0
 
@@ -231,6 +232,19 @@ class FramePipeline:
         if rgb.shape[:2] != (k * h, k * w):
             rgb = cv2.resize(rgb, (k * w, k * h), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+    def _upload(self, small: np.ndarray) -> torch.Tensor:
+        """The network-size frame as a uint8 tensor on the device.
+
+        On CUDA the frame goes through one reused page-locked buffer, so the copy is asynchronous;
+        reusing it is safe because every frame ends with a device-to-host copy of its labels.
+        """
+        if self.device.type != 'cuda':
+            return torch.from_numpy(small)
+        if self._pinned is None or tuple(self._pinned.shape) != small.shape:
+            self._pinned = torch.empty(small.shape, dtype=torch.uint8).pin_memory()
+        self._pinned.numpy()[...] = small
+        return self._pinned.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def process(self, rgb: np.ndarray, stamp: float, *,
@@ -281,7 +295,7 @@ class FramePipeline:
             flow_t = self.flow_estimator(self._prev.small, small)
         timer.lap('flow')
 
-        x = torch.from_numpy(small).to(self.device, non_blocking=True)
+        x = self._upload(small)
         x = x.permute(2, 0, 1).unsqueeze(0).float().mul_(self._scale).add_(self._shift)
         f = None if flow_t is None else scale_flow(flow_t.unsqueeze(0), self.flow_scale)
         with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
