@@ -229,8 +229,6 @@ def test_live_dds_environment_keeps_user_settings_and_fills_the_rest():
 
 
 @pytest.mark.ros
-@pytest.mark.skipif(not (REPO / 'flow2seg_ros' / 'node.py').is_file(),
-                    reason='flow2seg_ros/node.py (seg_node) is not in the tree yet')
 def test_live_replay_to_seg_node_process(bags, tiny_model_file, tmp_path, capsys):
     """seg_node in its own process; the bag is published to it and its labels recorded."""
     log_path = tmp_path / 'node.log'

@@ -1,8 +1,8 @@
 """The bundled default model on freshly generated held-out sequences.
 
 The sequences come from a generator seed never used for training or for the README's figures
-(training used seeds 1 and 2, validation 9001, the README's held-out test 777), so this re-checks the
-model's central claim, that motion helps, on data it has never seen.
+(training used seeds 1 and 2, validation 9001, the README's held-out test 777), so this
+re-checks the model's central claim, that motion helps, on data it has never seen.
 """
 import json
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
 import rclpy
@@ -136,7 +137,6 @@ def test_seg_node_refuses_bad_parameter(tmp_path):
     assert "precision='fp8': expected fp32 or fp16" in done.stderr + done.stdout
 
 
-@pytest.mark.slow
 def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_path):
     """1280x720 rgb8 (2.8 MB) best effort across processes: needs the shipped DDS profile."""
     log_path = tmp_path / 'node.log'
@@ -151,6 +151,8 @@ def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_pat
         labels = []
         tester.create_subscription(Image, '/flow2seg_node/labels', labels.append,
                                    QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        diagnostics = []
+        tester.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
         _spin_until(executor, lambda: tester.count_publishers('/flow2seg_node/labels'), 90.0,
                     'seg_node to start', proc, log_path)
         camera = subprocess.Popen([sys.executable, str(script), '1280', '720', '30', '0.1'],
@@ -158,11 +160,19 @@ def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_pat
                                   stderr=subprocess.STDOUT)
         _spin_until(executor, lambda: camera.poll() is not None, 60.0, 'the camera to finish',
                     proc, log_path)
-        settle = time.monotonic() + 2.0
-        while time.monotonic() < settle:
-            executor.spin_once(timeout_sec=0.05)
-        # without the profile on the camera's side about 6 of 30 frames arrive here
-        assert len(labels) >= 15, f'only {len(labels)} of 30 best-effort 720p frames segmented'
+        # let the node finish its last frame and publish diagnostics (1 s period) after it
+        seen = len(diagnostics)
+        _spin_until(executor, lambda: len(diagnostics) >= seen + 2, 10.0, 'diagnostics',
+                    proc, log_path)
+
+        def received() -> int:
+            values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+            return int(values['frames_received'])
+
+        # What DDS delivered to the node (it may then drop frames while busy: latest wins).
+        # Without the profile on the camera's side about 6 of 30 frames arrive here.
+        assert received() >= 20, f'only {received()} of 30 best-effort 720p frames arrived'
+        assert labels, 'no labels came back for 720p frames'
         assert all((m.height, m.width) == (720, 1280) for m in labels)
         assert all(m.header.frame_id.startswith('big_') for m in labels)
         tester.destroy_node()
