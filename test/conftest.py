@@ -95,3 +95,15 @@ def tiny_model_file(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any) -
     path = tmp_path_factory.mktemp('tiny_model') / 'tiny_lite.safetensors'
     save_model(model, path, card)
     return path
+
+
+@pytest.fixture
+def context() -> Any:
+    """An rclpy context of its own for one test (init and shutdown around it)."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)

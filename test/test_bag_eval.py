@@ -2,7 +2,6 @@
 import json
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from flow2seg_ros import bag_eval
 from flow2seg_ros.bagio import BagReader, BagWriter, IMAGE, image_message, rgb_to_encoding
 from flow2seg_ros.make_bag import make_bag
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.replay import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 17.0
@@ -245,13 +245,7 @@ def test_live_replay_to_seg_node_process(bags, tiny_model_file, tmp_path, capsys
                                   '--rate-scale', '0.5', '--sweep', '--sweep-rates', '2,4',
                                   '--window-s', '1.5', '--wait-s', '90'])
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout=15)
     node_log = log_path.read_text()
     assert code == 0, node_log[-3000:]
     data = json.loads((out / 'report.json').read_text())

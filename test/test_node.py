@@ -10,8 +10,6 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
-import rclpy
-from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -48,14 +46,6 @@ class SpyPipeline:
                 rgb=rgb.copy(), stamp=stamp, outputs=tuple(outputs),
                 prev_stamp=None if prev is None else prev[1], result=result))
         return result
-
-
-@pytest.fixture
-def context():
-    ctx = Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
 
 
 class Harness:

@@ -2,7 +2,6 @@
 
 import os
 from pathlib import Path
-import signal
 import subprocess
 import sys
 import time
@@ -10,12 +9,12 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
-import rclpy
-from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
+
+from flow2seg_ros.replay import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +30,9 @@ rclpy.init()
 node = rclpy.create_node('camera')
 pub = node.create_publisher(Image, '/cam/image_raw',
                             QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+deadline = time.monotonic() + 30.0
+while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.1)  # discovery first, as a camera driver would be up
 rng = np.random.default_rng(0)
 frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
 for i in range(count):
@@ -56,23 +58,9 @@ def _start_node(model_file, log_path):
 
 
 def _stop(proc, log, log_path):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    code = stop_process(proc, timeout=15)
     log.close()
-    return proc.returncode, Path(log_path).read_text()
-
-
-@pytest.fixture
-def context():
-    ctx = Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
+    return code, Path(log_path).read_text()
 
 
 def _spin_until(executor, predicate, timeout, what, proc, log_path, tick=None):
