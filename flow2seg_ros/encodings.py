@@ -36,6 +36,8 @@ __all__ = [
     'SUPPORTED_ENCODINGS',
     'compressed_msg_to_rgb',
     'image_fields',
+    'image_msg_from_array',
+    'image_msg_to_array',
     'image_msg_to_rgb',
     'mono_to_image_fields',
     'rgb_to_image_fields',
@@ -201,39 +203,77 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def image_fields(array: np.ndarray, encoding: str) -> Dict[str, Any]:
-    """Return ``sensor_msgs/Image`` fields for an 8-bit array (no row padding).
+def image_fields(array: np.ndarray, encoding: str, *,
+                 data_as_array: bool = False) -> Dict[str, Any]:
+    """``sensor_msgs/Image`` fields holding an array (no row padding, little endian).
 
     Args:
-        array: (H, W) uint8 for ``mono8`` or (H, W, 3) uint8 for ``rgb8``/``bgr8``.
-        encoding: the encoding to declare: ``mono8``, ``rgb8`` or ``bgr8``.
+        array: (H, W) or (H, W, C) samples already in the encoding's layout: uint8 for the 8-bit
+            encodings (``mono8``, ``rgb8``, ``bgr8``, ...), uint16 for the 16-bit ones.
+        encoding: the encoding to declare (any of :data:`SUPPORTED_ENCODINGS`).
+        data_as_array: ``data`` as a numpy uint8 array (rosbags messages) instead of bytes
+            (rclpy messages).
 
     Returns:
-        A dict with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``
-        (bytes), to be set on a message with ``setattr``.
+        A dict with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``, ``data``.
 
     Raises:
         ValueError: the array's dtype or shape does not match the encoding.
     """
-    channels = {'mono8': 1, 'rgb8': 3, 'bgr8': 3}.get(encoding)
-    if channels is None:
-        raise ValueError(f"output encoding must be mono8, rgb8 or bgr8, got '{encoding}'")
+    dtype, channels, _ = _TABLE[_canonical_encoding(encoding)]
     arr = np.asarray(array)
-    expected_ndim = 2 if channels == 1 else 3
-    if (arr.dtype != np.uint8 or arr.ndim != expected_ndim
-            or (channels == 3 and arr.shape[2] != 3)):
-        raise ValueError(
-            f"'{encoding}' needs a uint8 array of shape "
-            f"{'(H, W)' if channels == 1 else '(H, W, 3)'}, got {arr.dtype} {arr.shape}")
+    if arr.ndim == 3 and channels == 1 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    shape = '(H, W)' if channels == 1 else f'(H, W, {channels})'
+    if (arr.dtype != dtype or arr.ndim != (2 if channels == 1 else 3)
+            or (channels > 1 and arr.shape[2] != channels)):
+        raise ValueError(f"'{encoding}' needs a {np.dtype(dtype).name} array of shape {shape}, "
+                         f'got {arr.dtype} {arr.shape}')
     height, width = arr.shape[:2]
+    data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder('<'), copy=False)
+    data = data.view(np.uint8).reshape(-1)
     return {
         'height': int(height),
         'width': int(width),
         'encoding': encoding,
         'is_bigendian': 0,
-        'step': int(width * channels),
-        'data': np.ascontiguousarray(arr).tobytes(),
+        'step': int(width * channels * np.dtype(dtype).itemsize),
+        'data': data if data_as_array else data.tobytes(),
     }
+
+
+def image_msg_from_array(array: np.ndarray, encoding: str, header: Any, msg_type: Any, *,
+                         data_as_array: bool = False) -> Any:
+    """Build an image message: the one place the project turns an array into a message.
+
+    Args:
+        array: samples in the encoding's layout (see :func:`image_fields`).
+        encoding: the encoding to declare.
+        header: the ``std_msgs/Header`` to carry (the input's, for the node's outputs).
+        msg_type: a message class taking the fields as keywords: rclpy's
+            ``sensor_msgs.msg.Image``, a rosbags ``sensor_msgs/msg/Image`` type (with
+            ``data_as_array=True``), or ``types.SimpleNamespace`` off ROS.
+        data_as_array: see :func:`image_fields`.
+    """
+    return msg_type(header=header, **image_fields(array, encoding, data_as_array=data_as_array))
+
+
+def image_msg_to_array(msg: Any) -> np.ndarray:
+    """The pixels of a ``mono8``, ``rgb8`` or ``bgr8`` message: (H, W) for mono8, else RGB.
+
+    Unlike :func:`image_msg_to_rgb` a single channel stays single (label and confidence images).
+
+    Raises:
+        ImageFormatError: another encoding, or a malformed message.
+    """
+    encoding = _canonical_encoding(msg.encoding)
+    if encoding not in ('mono8', 'rgb8', 'bgr8'):
+        raise ImageFormatError(f"expected a mono8, rgb8 or bgr8 image, got '{msg.encoding}'")
+    dtype, channels, _ = _TABLE[encoding]
+    pixels = _validated_rows(msg, dtype, channels)
+    if channels == 1:
+        return np.ascontiguousarray(pixels[..., 0])
+    return np.ascontiguousarray(pixels[..., ::-1] if encoding == 'bgr8' else pixels)
 
 
 def rgb_to_image_fields(rgb: np.ndarray) -> Dict[str, Any]:

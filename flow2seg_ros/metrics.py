@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 
 from flow2seg_ros.classes import ClassSet, IGNORE_INDEX
+from flow2seg_ros.flow import DISFlow
+from flow2seg_ros.models import HEADS
 
 __all__ = ['ConfusionMatrix', 'TemporalConsistency', 'HeadsEvaluator', 'warp_nearest']
-
-HEADS = ('fused', 'image', 'flow')
 
 
 class ConfusionMatrix:
@@ -126,15 +126,17 @@ class HeadsEvaluator:
         heads: which heads to score.
         tc_flow: flow estimator for TC, called as ``tc_flow(prev_rgb, cur_rgb)`` with the usual
             current->previous convention; default DIS medium on the CPU.
+        temporal: measure TC; False scores frames one by one (independent frame pairs, as in
+            training-time validation): ``rgb`` may then be None and TC is None.
     """
 
     def __init__(self, classes: ClassSet, heads: Iterable[str] = HEADS,
-                 tc_flow: Optional[Callable] = None) -> None:
-        from flow2seg_ros.flow import DISFlow
+                 tc_flow: Optional[Callable] = None, *, temporal: bool = True) -> None:
 
         self.classes = classes
         self.heads = tuple(heads)
-        self.tc_flow = tc_flow or DISFlow('medium')
+        self.temporal = temporal
+        self.tc_flow = (tc_flow or DISFlow('medium')) if temporal else None
         self.cm = {h: ConfusionMatrix(classes.num_classes, classes.ignore_index)
                    for h in self.heads}
         self.tc = {h: TemporalConsistency(classes.num_classes) for h in self.heads}
@@ -145,7 +147,7 @@ class HeadsEvaluator:
     def new_sequence(self) -> None:
         self._prev = None
 
-    def update(self, rgb: np.ndarray, head_labels: dict[str, Optional[np.ndarray]],
+    def update(self, rgb: Optional[np.ndarray], head_labels: dict[str, Optional[np.ndarray]],
                target: Optional[np.ndarray] = None) -> None:
         """Add one frame: its RGB image, each head's (H, W) labels, and its target or None.
 
@@ -157,6 +159,8 @@ class HeadsEvaluator:
             for h in self.heads:
                 if head_labels.get(h) is not None:
                     self.cm[h].update(head_labels[h], target)
+        if not self.temporal:
+            return
         if self._prev is not None:
             prev_rgb, prev_labels = self._prev
             if prev_rgb.shape == rgb.shape:

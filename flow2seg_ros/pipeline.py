@@ -19,16 +19,17 @@ import numpy as np
 import torch
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
+from flow2seg_ros.models import HEADS
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
+from flow2seg_ros.weights import load_model
 
-__all__ = ['OUTPUTS', 'HEADS', 'PipelineConfig', 'FrameResult', 'FramePipeline',
-           'resolve_device']
+__all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'FramePipeline']
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
-HEADS = ('fused', 'image', 'flow')
 PRECISIONS = ('fp32', 'fp16')
 
 
@@ -77,25 +78,6 @@ class PipelineConfig:
             raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')
         if not self.max_gap_s > 0:
             raise ValueError(f'max frame gap must be > 0 s, got {self.max_gap_s}')
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present else CPU; ``cuda[:N]`` must exist."""
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}') from exc
-    if dev.type not in ('cpu', 'cuda'):
-        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {device!r}')
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f'device {device!r} asked for, but no CUDA device is available')
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f'device {device!r} asked for, but only '
-                             f'{torch.cuda.device_count()} CUDA device(s) exist')
-    return dev
 
 
 @dataclass
@@ -163,8 +145,6 @@ class FramePipeline:
         if config.precision == 'fp16' and not self.fp16:
             log.warning('precision fp16 needs CUDA; running fp32 on %s', self.device)
         if model is None:
-            from flow2seg_ros.weights import load_model
-
             model, card = load_model(config.weights, device=str(self.device))
         elif card is None:
             raise ValueError('a model passed to FramePipeline needs its model card')

@@ -1,10 +1,8 @@
 """Live replay over DDS: play frames to a running node like a camera and record what it publishes.
 
-Shared by the demo, the benchmarks, the tests and bag replay (``flow2seg-bag-eval --live``):
+Shared by the demo, the benchmarks, the tests and bag replay (``flow2seg-bag-eval --live``);
+the DDS environment all of them run with is :mod:`flow2seg_ros.dds`'s.
 
-* :func:`dds_environment` / :func:`apply_dds_environment`: the environment every process that
-  opens DDS needs here (discovery on loopback, its own domain id, the shipped large-image Fast DDS
-  profile, each unless the user set it: the profile matters on the publisher's side);
 * :func:`start_node_process` / :func:`stop_process`: ``seg_node`` as its own process, the way
   users run it (``python -m flow2seg_ros.node --ros-args --params-file ... -r image:=...``);
 * :class:`LiveReplay`: an rclpy node in its own context that publishes ``sensor_msgs/Image``
@@ -15,140 +13,24 @@ Shared by the demo, the benchmarks, the tests and bag replay (``flow2seg-bag-eva
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterable, Mapping, MutableMapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['REPO_CONFIG', 'FASTDDS_PROFILE', 'DDS_VARIABLES', 'dds_environment',
-           'apply_dds_environment', 'describe_dds_changes', 'shipped_fastdds_profile',
-           'params_file', 'start_node_process', 'stop_process', 'Received', 'ReplayStats',
-           'LiveReplay']
+from flow2seg_ros.dds import (
+    apply_dds_environment, dds_environment, DDS_VARIABLES, describe_dds_changes, FASTDDS_PROFILE,
+    params_file, shipped_fastdds_profile)
+from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_array
 
-REPO_CONFIG = Path(__file__).resolve().parents[1] / 'config'
-FASTDDS_PROFILE_NAME = 'fastdds_large_images.xml'
-FASTDDS_PROFILE = REPO_CONFIG / FASTDDS_PROFILE_NAME
-_FASTDDS2_DISTROS = ('foxy', 'galactic', 'humble', 'iron')
-#: The variables :func:`dds_environment` fills in.
-DDS_VARIABLES = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID', 'FASTDDS_DEFAULT_PROFILES_FILE',
-                 'FASTRTPS_DEFAULT_PROFILES_FILE')
-
-
-def _config_file(name: str) -> Path:
-    """A shipped config file: the source tree's, else the installed share directory's."""
-    if (REPO_CONFIG / name).is_file():
-        return REPO_CONFIG / name
-    candidates = [REPO_CONFIG]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory('flow2seg_ros')) / 'config')
-    except (ImportError, LookupError, OSError):  # no ament index (pip install off ROS)
-        pass
-    candidates.append(Path(sys.prefix) / 'share' / 'flow2seg_ros' / 'config')
-    for folder in candidates[1:]:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f'config file {name} not found in '
-                            + ', '.join(str(c) for c in candidates))
-
-
-def params_file() -> Path:
-    """The shipped node parameter file ``config/seg.yaml``."""
-    return _config_file('seg.yaml')
-
-
-def shipped_fastdds_profile() -> Path:
-    """The large-image Fast DDS profile shipped with the package (source tree or installed)."""
-    return _config_file(FASTDDS_PROFILE_NAME)
-
-
-def dds_environment(domain_id: Optional[int] = None,
-                    base: Optional[Mapping[str, str]] = None, *,
-                    own_domain: bool = True) -> dict[str, str]:
-    """The environment for a process that opens DDS, derived from ``base`` (default os.environ).
-
-    What the user set is kept; the rest is filled in: discovery stays on this machine
-    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) unless a range is set; the domain id is
-    ``domain_id``, else ``base``'s, else (with ``own_domain``) one derived from the pid; Fast
-    DDS loads the shipped large-image profile unless ``base`` already names a profile file
-    (without it a best-effort publisher loses most camera-sized images). The profile is named
-    with ``FASTRTPS_DEFAULT_PROFILES_FILE`` as well only on distributions with Fast DDS 2.x.
-
-    Args:
-        domain_id: ROS_DOMAIN_ID to use (0..232); None keeps the inherited one.
-        base: environment to start from.
-        own_domain: without ``domain_id`` or an inherited id, pick one from the pid (False
-            leaves ROS's default domain, e.g. to reach a node someone else started).
-
-    Raises:
-        ValueError: ``domain_id`` is outside 0..232.
-    """
-    env = dict(os.environ if base is None else base)
-    if not env.get('ROS_AUTOMATIC_DISCOVERY_RANGE'):
-        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    if domain_id is not None:
-        if not 0 <= int(domain_id) <= 232:
-            raise ValueError(f'ROS_DOMAIN_ID must be in 0..232, got {domain_id}')
-        env['ROS_DOMAIN_ID'] = str(int(domain_id))
-    elif own_domain and not env.get('ROS_DOMAIN_ID'):
-        env['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 200)
-    if not env.get('FASTDDS_DEFAULT_PROFILES_FILE') and not env.get(
-            'FASTRTPS_DEFAULT_PROFILES_FILE'):
-        try:
-            profile = str(shipped_fastdds_profile())
-        except FileNotFoundError:
-            profile = ''
-        if profile:
-            env['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
-            if env.get('ROS_DISTRO') in _FASTDDS2_DISTROS:
-                # Fast DDS 2.x reads only the older name (3.x warns that it is deprecated)
-                env['FASTRTPS_DEFAULT_PROFILES_FILE'] = profile
-    return env
-
-
-def apply_dds_environment(domain_id: Optional[int] = None, *, own_domain: bool = True,
-                          environ: Optional[MutableMapping[str, str]] = None
-                          ) -> dict[str, str]:
-    """Set :func:`dds_environment` in ``environ`` (before rclpy creates a participant).
-
-    Args:
-        domain_id: ROS_DOMAIN_ID to use; None keeps the inherited one.
-        own_domain: as for :func:`dds_environment`.
-        environ: the environment to change (default ``os.environ``).
-
-    Returns:
-        The variables that were added or changed (see :func:`describe_dds_changes`).
-    """
-    target = os.environ if environ is None else environ
-    env = dds_environment(domain_id, target, own_domain=own_domain)
-    changed = {k: env[k] for k in DDS_VARIABLES if k in env and target.get(k) != env[k]}
-    target.update(changed)
-    return changed
-
-
-def describe_dds_changes(changed: Mapping[str, str]) -> list[str]:
-    """One line per variable :func:`apply_dds_environment` set, saying why, for a log.
-
-    Args:
-        changed: :func:`apply_dds_environment`'s result.
-    """
-    notes = []
-    if 'ROS_AUTOMATIC_DISCOVERY_RANGE' in changed:
-        notes.append(f"ROS_AUTOMATIC_DISCOVERY_RANGE={changed['ROS_AUTOMATIC_DISCOVERY_RANGE']} "
-                     '(DDS discovery on this machine only; set it to reach other hosts)')
-    if 'ROS_DOMAIN_ID' in changed:
-        notes.append(f"ROS_DOMAIN_ID={changed['ROS_DOMAIN_ID']} (set it to use another domain)")
-    if 'FASTDDS_DEFAULT_PROFILES_FILE' in changed:
-        notes.append(f"using the Fast DDS profile {changed['FASTDDS_DEFAULT_PROFILES_FILE']} "
-                     'for large images (set FASTDDS_DEFAULT_PROFILES_FILE to use another)')
-    return notes
+__all__ = ['start_node_process', 'stop_process', 'Received', 'ReplayStats', 'LiveReplay',
+           'apply_dds_environment', 'dds_environment', 'DDS_VARIABLES', 'describe_dds_changes',
+           'FASTDDS_PROFILE', 'params_file', 'shipped_fastdds_profile']
 
 
 def start_node_process(*, image_topic: str = '/camera/image_raw',
@@ -231,17 +113,6 @@ class ReplayStats:
                 'latency_ms_max': max(self.latency_ms) if self.latency_ms else float('nan')}
 
 
-def _to_array(msg: Any) -> np.ndarray:
-    channels = {'mono8': 1, 'rgb8': 3, 'bgr8': 3}.get(msg.encoding)
-    if channels is None:
-        raise ValueError(f"cannot record output encoding '{msg.encoding}'")
-    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
-    pixels = rows[:, :msg.width * channels]
-    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, 3)
-    arr = pixels.reshape(shape).copy()
-    return arr[..., ::-1].copy() if msg.encoding == 'bgr8' else arr
-
-
 class LiveReplay:
     """Publish frames like a camera and record a node's outputs (its own rclpy context).
 
@@ -265,11 +136,13 @@ class LiveReplay:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
 
         if not outputs:
             raise ValueError('LiveReplay needs at least one output topic to record')
         self._rclpy = rclpy
         self._image_type = Image
+        self._header_type = Header
         self.image_topic = image_topic
         self.outputs = tuple(outputs)
         self.keep = set(keep)
@@ -305,7 +178,7 @@ class LiveReplay:
     def _on_output(self, name: str, msg: Any) -> None:
         now = time.perf_counter()
         key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        array = _to_array(msg) if name in self.keep else None
+        array = image_msg_to_array(msg) if name in self.keep else None
         with self._lock:
             self.received[name][key] = Received(now, array)
 
@@ -343,16 +216,12 @@ class LiveReplay:
             encoding: ``rgb8`` or ``bgr8`` on the wire.
             frame_id: header frame id.
         """
-        from flow2seg_ros.encodings import image_fields
-
         if self.message_type is not self._image_type:
             raise TypeError('publish() sends sensor_msgs/Image; this replay publishes '
                             f'{self.message_type.__name__}: use publish_message()')
         pixels = rgb if encoding == 'rgb8' else np.ascontiguousarray(rgb[..., ::-1])
-        msg = self._image_type()
-        for key, value in image_fields(pixels, encoding).items():
-            setattr(msg, key, value)
-        msg.header.frame_id = frame_id
+        msg = image_msg_from_array(pixels, encoding, self._header_type(frame_id=frame_id),
+                                   self._image_type)
         return self.publish_message(msg)
 
     def publish_message(self, msg: Any, stamp_ns: Optional[int] = None) -> int:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import struct
 from typing import Any, Optional, Sequence, Union
 
-from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.devices import resolve_device
+from flow2seg_ros.models import build_model
+from flow2seg_ros.tensorfile import read_safetensors, WeightsError, write_safetensors
 
 __all__ = [
     'CARD_FORMAT',
@@ -34,13 +35,8 @@ __all__ = [
 CARD_FORMAT = 'flow2seg-model-card/1'
 
 _REQUIRED_CARD_KEYS = ('format', 'preset', 'model_kwargs', 'classes')
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 PathLike = Union[str, os.PathLike]
-
-
-class WeightsError(ValueError):
-    """A weights file or model card that cannot be used; the message names the file."""
 
 
 def bundled_model_path() -> Path:
@@ -55,58 +51,6 @@ def card_path(path: PathLike) -> Path:
         path: the ``.safetensors`` weights file.
     """
     return Path(path).with_suffix('.json')
-
-
-def _describe_non_safetensors(head: bytes) -> str:
-    if head.startswith(b'PK\x03\x04'):
-        return ('a zip archive, such as a PyTorch checkpoint written by torch.save; it is refused '
-                'because loading it means unpickling, which can run arbitrary code; convert it '
-                'to safetensors with safetensors.torch.save_file(state_dict, path)')
-    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
-        return ('a Python pickle (e.g. an old torch.save checkpoint); it is refused because '
-                'unpickling can run arbitrary code; convert it to safetensors with '
-                'safetensors.torch.save_file(state_dict, path)')
-    return 'not a safetensors file (no valid safetensors header)'
-
-
-def _is_safetensors(path: Path) -> tuple[bool, bytes]:
-    size = path.stat().st_size
-    with open(path, 'rb') as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return False, head
-        (length,) = struct.unpack('<Q', head)
-        if length < 2 or length > _MAX_HEADER_BYTES or 8 + length > size:
-            return False, head
-        header = f.read(length)
-    try:
-        parsed = json.loads(header.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False, head
-    return isinstance(parsed, dict), head
-
-
-def read_safetensors(path: PathLike, *,
-                     device: Union[str, torch.device] = 'cpu') -> dict[str, torch.Tensor]:
-    """Read tensors from a safetensors file after checking that it is one.
-
-    Args:
-        path: the file.
-        device: where to put the tensors.
-
-    Raises:
-        WeightsError: the file is missing, a pickle/zip checkpoint or otherwise not safetensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f'weights file not found: {path}')
-    ok, head = _is_safetensors(path)
-    if not ok:
-        raise WeightsError(f'{path} is {_describe_non_safetensors(head)}')
-    try:
-        return load_file(str(path), device=str(device))
-    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
-        raise WeightsError(f'{path} is not a readable safetensors file: {exc}') from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -227,24 +171,12 @@ def save_model(model: nn.Module, path: PathLike, card: dict[str, Any]) -> dict[s
         card_text = json.dumps(card, indent=2)
     except TypeError as exc:
         raise WeightsError(f'card for {path} is not JSON-serialisable: {exc}') from exc
-    state = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    save_file(state, str(tmp), metadata={'format': CARD_FORMAT, 'preset': str(card['preset'])})
-    os.replace(tmp, path)
+    write_safetensors(path, model.state_dict(),
+                      metadata={'format': CARD_FORMAT, 'preset': str(card['preset'])})
     tmp_card = card_path(path).with_name(card_path(path).name + '.tmp')
     tmp_card.write_text(card_text + '\n')
     os.replace(tmp_card, card_path(path))
     return card
-
-
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    if str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f'invalid device {device!r}: {exc}') from exc
 
 
 def load_model(path: Optional[PathLike] = None, *,
@@ -263,8 +195,6 @@ def load_model(path: Optional[PathLike] = None, *,
         WeightsError: missing file, pickle or non-safetensors file, missing/invalid card, or a
             card that does not match the tensors. The message names the file.
     """
-    from flow2seg_ros.models import build_model
-
     if path is None:
         path = bundled_model_path()
         if not path.is_file():
@@ -292,4 +222,4 @@ def load_model(path: Optional[PathLike] = None, *,
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f'{path} does not match its card {cpath}: {exc}') from exc
-    return model.to(_resolve_device(device)).eval(), card
+    return model.to(resolve_device(str(device))).eval(), card

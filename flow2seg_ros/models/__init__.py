@@ -2,10 +2,11 @@
 from flow2seg_ros.models.backbones import (
     hub_backbone_weights_path, resnet_backbone, ResNetBackbone, slim_resnet_backbone)
 from flow2seg_ros.models.flow2seg import (
-    build_model, Flow2Seg, flow2seg_lite, flow2seg_paper, HEADS, PRESETS)
+    AUX_HEAD, build_model, Flow2Seg, flow2seg_lite, flow2seg_paper, HEADS, PRESETS)
 from flow2seg_ros.models.heads import FCNHead, PPMHead, ResidualFusion
 
 __all__ = [
+    'AUX_HEAD',
     'FCNHead',
     'Flow2Seg',
     'HEADS',

@@ -25,6 +25,8 @@ import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import Conv2dNormActivation
 
+from flow2seg_ros.tensorfile import read_safetensors, WeightsError
+
 __all__ = [
     'RESNET_ARCHS',
     'ResNetBackbone',
@@ -151,8 +153,6 @@ def _conversion_hint(arch: str, path: Path) -> str:
 
 
 def _backbone_weights_file(arch: str, weights: Union[str, os.PathLike]) -> Path:
-    from flow2seg_ros.weights import WeightsError
-
     path = hub_backbone_weights_path(arch) if str(weights) == 'imagenet' else Path(weights)
     if not path.is_file():
         raise WeightsError(f'backbone weights for {arch} not found: {path}; '
@@ -178,8 +178,6 @@ def load_backbone_weights(backbone: ResNetBackbone, arch: str,
     Raises:
         WeightsError: the file is missing, not safetensors, or does not fit the trunk.
     """
-    from flow2seg_ros.weights import read_safetensors, WeightsError
-
     path = _backbone_weights_file(arch, weights)
     state = read_safetensors(path)
     mapped = {}

@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from flow2seg_ros.models.backbones import resnet_backbone, slim_resnet_backbone
 from flow2seg_ros.models.heads import FCNHead, PPMHead, ResidualFusion
 
-__all__ = ['HEADS', 'PRESETS', 'Flow2Seg', 'build_model', 'flow2seg_lite', 'flow2seg_paper']
+__all__ = ['AUX_HEAD', 'HEADS', 'PRESETS', 'Flow2Seg', 'build_model', 'flow2seg_lite',
+           'flow2seg_paper']
 
-#: Names of the heads ``Flow2Seg.forward`` can return.
-HEADS = ('fused', 'image', 'flow', 'aux')
+#: The heads a trained model is read and scored by: the fused output, the image path alone and
+#: the flow path alone. The pipeline, the metrics and training all use this one tuple.
+HEADS = ('fused', 'image', 'flow')
+
+#: The auxiliary head on layer3, returned by ``Flow2Seg.forward`` in training only.
+AUX_HEAD = 'aux'
 
 #: The smallest input height/width accepted (one cell at output stride 32).
 MIN_INPUT_SIZE = 32
@@ -113,23 +118,20 @@ class Flow2Seg(nn.Module):
             flow, ``"fused"`` is the image logits.
         """
         self._check_inputs(image, flow)
+        known = HEADS + (AUX_HEAD,)
         if heads is not None:
-            unknown = set(heads) - set(HEADS)
+            unknown = set(heads) - set(known)
             if unknown:
-                raise ValueError(f'unknown heads {sorted(unknown)}; expected some of {HEADS}')
-        wanted = set(HEADS if heads is None else heads) | {'fused'}
+                raise ValueError(f'unknown heads {sorted(unknown)}; expected some of {known}')
+        wanted = set(known if heads is None else heads) | {'fused'}
         size = image.shape[-2:]
 
-        features = self.image_backbone(image)
-        image_logits = self.image_head(features['out'])
-        if self.skip_head is not None:
-            low = features['low']
-            image_logits = _upsample(image_logits, low.shape[-2:]) + self.skip_head(low)
+        image_logits, features = self.image_logits(image)
         fused_logits = image_logits
         flow_logits = None
         if flow is not None and self.has_flow:
-            flow_logits = self.flow_head(self.flow_backbone(flow)['out'])
-            fused_logits = image_logits + self.fusion(image_logits, flow_logits)
+            flow_logits = self.flow_logits(flow)
+            fused_logits = self.fuse(image_logits, flow_logits)
 
         # result: {"fused", "image", "flow", "aux"} logits at the input size
         result: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
@@ -139,9 +141,37 @@ class Flow2Seg(nn.Module):
                                else _upsample(image_logits, size))
         if flow_logits is not None and 'flow' in wanted:
             result['flow'] = _upsample(flow_logits, size)
-        if self.training and self.aux_head is not None and 'aux' in wanted:
-            result['aux'] = _upsample(self.aux_head(features['aux']), size)
+        if self.training and self.aux_head is not None and AUX_HEAD in wanted:
+            result[AUX_HEAD] = _upsample(self.aux_head(features['aux']), size)
         return result
+
+    def image_logits(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The image path: (N, C, h, w) logits at its native stride, and the trunk's features.
+
+        Args:
+            image: (N, 3, H, W) normalised image.
+        """
+        features = self.image_backbone(image)
+        logits = self.image_head(features['out'])
+        if self.skip_head is not None:
+            low = features['low']
+            logits = _upsample(logits, low.shape[-2:]) + self.skip_head(low)
+        return logits, features
+
+    def flow_logits(self, flow: torch.Tensor) -> torch.Tensor:
+        """The flow path: (N, C, h', w') logits at its native stride from scaled flow.
+
+        Args:
+            flow: (N, 2, H, W) flow already scaled (``flow_px * scale / W``).
+        """
+        if not self.has_flow:
+            raise ValueError('this model has no flow path (an image-only model)')
+        return self.flow_head(self.flow_backbone(flow)['out'])
+
+    def fuse(self, image_logits: torch.Tensor, flow_logits: torch.Tensor) -> torch.Tensor:
+        """Residual fusion: ``image_logits + fusion(image_logits, flow_logits)``, at the image
+        logits' stride (the fusion upsamples the flow logits to it)."""
+        return image_logits + self.fusion(image_logits, flow_logits)
 
 
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
