@@ -12,7 +12,12 @@ import torch
 import yaml
 
 from flow2seg_ros import train
+from flow2seg_ros.classes import cityscapes_classes
 from flow2seg_ros.data.synth import generate
+from flow2seg_ros.flow import scale_flow
+from flow2seg_ros.metrics import HeadsEvaluator
+from flow2seg_ros.training import checkpoint, config, dataset, loop
+from flow2seg_ros.training import model as training_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,32 +50,32 @@ def write_config(path, data_root, **kw):
 def test_unknown_key_names_key_and_file(tmp_path):
     path = tmp_path / 'bad.yaml'
     path.write_text('steps: 10\nlearning_rate: 0.1\n')
-    with pytest.raises(train.ConfigError, match=r"bad\.yaml: unknown key 'learning_rate'"):
-        train.load_config(path)
-    with pytest.raises(train.ConfigError, match="command line: unknown key 'stepz'"):
-        train.load_config(None, train.parse_overrides(['--stepz', '3']))
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key 'learning_rate'"):
+        config.load_config(path)
+    with pytest.raises(config.ConfigError, match="command line: unknown key 'stepz'"):
+        config.load_config(None, config.parse_overrides(['--stepz', '3']))
 
 
 def test_bad_values_are_named(tmp_path):
     path = tmp_path / 'typed.yaml'
     path.write_text('steps: ten\n')
-    with pytest.raises(train.ConfigError, match=r"typed\.yaml: key 'steps' must be of type int"):
-        train.load_config(path)
-    with pytest.raises(train.ConfigError, match='optimizer'):
-        train.load_config(None, {'optimizer': 'rmsprop'})
-    with pytest.raises(train.ConfigError, match='not found: .*missing.yaml'):
-        train.load_config(tmp_path / 'missing.yaml')
+    with pytest.raises(config.ConfigError, match=r"typed\.yaml: key 'steps' must be of type int"):
+        config.load_config(path)
+    with pytest.raises(config.ConfigError, match='optimizer'):
+        config.load_config(None, {'optimizer': 'rmsprop'})
+    with pytest.raises(config.ConfigError, match='not found: .*missing.yaml'):
+        config.load_config(tmp_path / 'missing.yaml')
     # overrides are parsed as YAML and typed like the file's values
-    cfg = train.load_config(None, train.parse_overrides(['--lr', '1e-3', '--input_size=[32, 64]',
-                                                         '--use-flow', 'false']))
+    cfg = config.load_config(None, config.parse_overrides(
+        ['--lr', '1e-3', '--input_size=[32, 64]', '--use-flow', 'false']))
     assert cfg.lr == 0.001 and cfg.input_size == [32, 64] and cfg.use_flow is False
 
 
 def test_shipped_configs_load():
     for name in ('train_synthetic.yaml', 'train_cityscapes_paper.yaml'):
-        cfg = train.load_config(REPO / 'config' / name)
+        cfg = config.load_config(REPO / 'config' / name)
         assert cfg.flow_scale > 0 and cfg.steps > 0
-    paper = train.load_config(REPO / 'config' / 'train_cityscapes_paper.yaml')
+    paper = config.load_config(REPO / 'config' / 'train_cityscapes_paper.yaml')
     assert paper.preset == 'paper' and paper.model_kwargs['image_backbone'] == 'resnet101'
     assert paper.model_kwargs['flow_backbone'] == 'resnet18' and paper.lr == 0.01
 
@@ -118,7 +123,7 @@ def test_training_lowers_loss_and_writes_model_card(tmp_path, data_root):
     model, card = load_model(run / 'model.safetensors')
     assert card['preset'] == 'lite' and card['input_size'] == [64, 128]
     assert card['flow'] == {'method': 'dis', 'preset': 'ultrafast', 'scale': 32.0}
-    assert card['normalization']['mean'] == train.IMAGENET_MEAN
+    assert card['normalization']['mean'] == config.IMAGENET_MEAN
     assert card['training']['steps'] == 24 and card['training']['config']['seed'] == 0
     assert card['training']['loss'] == {'alpha': 0.5, 'beta': 0.4}
     assert 'fused' in card['metrics'] and 0.0 <= card['metrics']['fused']['miou'] <= 1.0
@@ -140,7 +145,7 @@ def test_resume_continues_exactly(tmp_path, data_root):
     b1 = train.train_model(['--config', str(part), '--stop_at', '2'])
     assert b1['step'] == 2 and not (tmp_path / 'part' / 'model.safetensors').exists()
     meta = json.loads((tmp_path / 'part' / 'checkpoint.json').read_text())
-    assert meta['step'] == 2 and meta['format'] == train.CHECKPOINT_FORMAT
+    assert meta['step'] == 2 and meta['format'] == checkpoint.CHECKPOINT_FORMAT
     b2 = train.train_model(['--config', str(part), '--resume',
                             str(tmp_path / 'part' / 'checkpoint.safetensors')])
     assert b2['step'] == 5
@@ -153,22 +158,22 @@ def test_resume_continues_exactly(tmp_path, data_root):
 
 
 def test_checkpoint_round_trip_restores_optimizer(tmp_path, data_root):
-    cfg = train.load_config(None, {'model_kwargs': TINY, 'optimizer': 'sgd'})
-    classes = train.load_classes('cityscapes')
-    model = train.build_model_from_config(cfg, classes)
-    opt = train.make_optimizer(cfg, model)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, train.poly_lambda(10, 0.9, 0, 0.1))
+    cfg = config.load_config(None, {'model_kwargs': TINY, 'optimizer': 'sgd'})
+    classes = config.load_classes('cityscapes')
+    model = training_model.build_model_from_config(cfg, classes)
+    opt = training_model.make_optimizer(cfg, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training_model.poly_lambda(10, 0.9, 0, 0.1))
     x, f = torch.randn(2, 3, 64, 64), torch.randn(2, 2, 64, 64)
     loss = sum(o.square().mean() for o in model(x, f).values())
     loss.backward()
     opt.step()
     sched.step()
-    path = train.save_checkpoint(tmp_path / 'ck.safetensors', model=model, optimizer=opt,
-                                 scheduler=sched, step=1, epoch=0, cfg=cfg)
-    model2 = train.build_model_from_config(cfg, classes)
-    opt2 = train.make_optimizer(cfg, model2)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, train.poly_lambda(10, 0.9, 0, 0.1))
-    meta = train.load_checkpoint(path, model=model2, optimizer=opt2, scheduler=sched2)
+    path = checkpoint.save_checkpoint(tmp_path / 'ck.safetensors', model=model, optimizer=opt,
+                                      scheduler=sched, step=1, epoch=0, cfg=cfg)
+    model2 = training_model.build_model_from_config(cfg, classes)
+    opt2 = training_model.make_optimizer(cfg, model2)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, training_model.poly_lambda(10, 0.9, 0, 0.1))
+    meta = checkpoint.load_checkpoint(path, model=model2, optimizer=opt2, scheduler=sched2)
     assert meta['step'] == 1 and sched2.last_epoch == 1
     assert opt2.param_groups[0]['lr'] == pytest.approx(opt.param_groups[0]['lr'])
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
@@ -180,9 +185,9 @@ def test_checkpoint_round_trip_restores_optimizer(tmp_path, data_root):
     torch.save({'a': torch.zeros(1)}, bad)
     (tmp_path / 'pickled.json').write_text(json.dumps(meta))
     with pytest.raises(ValueError, match='pickled.safetensors'):
-        train.load_checkpoint(bad, model=model2)
+        checkpoint.load_checkpoint(bad, model=model2)
     with pytest.raises(FileNotFoundError, match='nothere.safetensors'):
-        train.load_checkpoint(tmp_path / 'nothere.safetensors', model=model2)
+        checkpoint.load_checkpoint(tmp_path / 'nothere.safetensors', model=model2)
 
 
 def test_image_only_then_frozen_image_path(tmp_path, data_root):
@@ -207,17 +212,18 @@ def test_image_only_then_frozen_image_path(tmp_path, data_root):
     for k in image_keys:  # weights and BatchNorm statistics alike
         assert torch.equal(new_w[k], base_w[k]), k
     # ...while the flow path and the fusion did train (their init is the model's random init)
-    cfg = train.load_config(frozen)
+    cfg = config.load_config(frozen)
     torch.manual_seed(cfg.seed)
-    init = train.build_model_from_config(cfg, train.load_classes('cityscapes')).state_dict()
+    init = training_model.build_model_from_config(
+        cfg, config.load_classes('cityscapes')).state_dict()
     changed = [k for k in new_w if k.startswith(flow_side) and k.endswith('weight')
                and not torch.equal(new_w[k], init[k])]
     assert changed, 'no flow-path or fusion weight changed'
 
 
 def test_freeze_needs_init_weights(tmp_path):
-    with pytest.raises(train.ConfigError, match='init_weights'):
-        train.load_config(None, {'freeze_image_path': True})
+    with pytest.raises(config.ConfigError, match='init_weights'):
+        config.load_config(None, {'freeze_image_path': True})
 
 
 def test_ddp_two_processes_with_torchrun(tmp_path, data_root):
@@ -257,5 +263,48 @@ def test_flow_cache_only_without_geometric_augmentation(tmp_path, data_root):
     np.testing.assert_array_equal(cached, expected)
     bad = write_config(tmp_path / 'bad.yaml', data_root, steps=1, hflip=True,
                        flow_cache=str(cache))
-    with pytest.raises(train.ConfigError, match='flow_cache needs geometric-free'):
+    with pytest.raises(config.ConfigError, match='flow_cache needs geometric-free'):
         train.train_model(['--config', str(bad)])
+
+
+def test_training_flow_is_scale_flow_at_the_input_width():
+    """On a full frame the training flow is scale_flow; on a crop the divisor stays input W."""
+    cfg = config.load_config(None, {'input_size': [64, 128], 'crop_size': [64, 96],
+                                    'flow_scale': 32.0})
+    full = torch.randn(2, 64, 128)
+    torch.testing.assert_close(dataset.training_flow(full, cfg), scale_flow(full, 32.0))
+    crop = torch.randn(2, 2, 64, 96)
+    torch.testing.assert_close(dataset.training_flow(crop, cfg), crop * (32.0 / 128))
+
+
+def test_validation_is_the_shared_heads_evaluator(tmp_path, data_root):
+    """Training-time validation scores with metrics.HeadsEvaluator, frame by frame (no TC)."""
+    cfg = config.load_config(None, {'data_root': str(data_root), 'model_kwargs': TINY,
+                                    'input_size': [64, 128], 'crop_size': [64, 128],
+                                    'device': 'cpu', 'progress': False})
+    classes = cityscapes_classes()
+    torch.manual_seed(0)
+    model = training_model.build_model_from_config(cfg, classes).eval()
+    val_set = dataset.make_val_set(cfg, classes)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=1)
+    summary = loop.evaluate(model, loader, torch.device('cpu'), classes, cfg=cfg)
+    expected = HeadsEvaluator(classes, temporal=False)
+    with torch.no_grad():
+        for i in range(len(val_set)):
+            s = val_set[i]
+            out = model(s['image'][None], s['flow'][None])
+            expected.update(None, {h: out[h][0].argmax(0).numpy().astype(np.uint8)
+                                   for h in ('fused', 'image', 'flow')},
+                            s['label'].numpy().astype(np.uint8))
+    assert summary == expected.summary()
+    assert summary['frames'] == len(val_set) == 2  # 1 sequence x 2 frames with a predecessor
+    for h in ('fused', 'image', 'flow'):
+        assert summary['heads'][h]['tc'] is None and summary['heads'][h]['tc_pairs'] == 0
+        assert 0.0 <= summary['heads'][h]['miou'] <= 1.0
+    # the model card's layout: per head miou, pixel accuracy and per-class IoU, plus the split
+    card = loop.held_out(cfg, model, classes, torch.device('cpu'))
+    assert card['split'] == 'val' and card['frames'] == 2
+    for h in ('fused', 'image', 'flow'):
+        assert card[h] == {k: summary['heads'][h][k]
+                           for k in ('miou', 'pixel_accuracy', 'per_class_iou')}
+    assert 'held-out val (2 frames)' in loop.format_metrics(card)
