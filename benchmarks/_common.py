@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: which model to run, memory and percentiles."""
+"""Helpers shared by the benchmark scripts: which model to run, and resident memory."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,8 @@ from pathlib import Path
 import tempfile
 from typing import Optional
 
-import numpy as np
+from flow2seg_ros.classes import cityscapes_classes
+from flow2seg_ros.weights import bundled_model_path, random_model, save_model
 
 
 def model_file(weights: Optional[str], tmp: str, *, input_size: tuple[int, int] = (256, 512)
@@ -21,8 +22,6 @@ def model_file(weights: Optional[str], tmp: str, *, input_size: tuple[int, int] 
     Returns:
         (path, what it is) for the report.
     """
-    from flow2seg_ros.weights import bundled_model_path
-
     if weights:
         path = Path(weights)
         if not path.is_file():
@@ -31,16 +30,7 @@ def model_file(weights: Optional[str], tmp: str, *, input_size: tuple[int, int] 
     bundled = bundled_model_path()
     if bundled.is_file():
         return bundled, f'bundled model {bundled.name}'
-    import torch
-
-    from flow2seg_ros.classes import cityscapes_classes
-    from flow2seg_ros.models import build_model
-    from flow2seg_ros.weights import make_card, save_model
-
-    torch.manual_seed(0)
-    model = build_model('lite', num_classes=19).eval()
-    card = make_card(model, cityscapes_classes(), input_size=input_size,
-                     mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], flow_scale=20.0)
+    model, card = random_model('lite', classes=cityscapes_classes(), input_size=input_size)
     path = Path(tmp) / 'random_lite.safetensors'
     save_model(model, path, card)
     return path, 'random lite model (no bundled model yet)'
@@ -55,8 +45,3 @@ def rss_bytes() -> int:
 def new_tmp() -> tempfile.TemporaryDirectory:
     """A temporary folder for a benchmark run."""
     return tempfile.TemporaryDirectory(prefix='flow2seg_bench_')
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile ``q`` of ``values`` (nan when empty)."""
-    return float(np.percentile(values, q)) if values else float('nan')

@@ -19,8 +19,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from _common import model_file, new_tmp, rss_bytes
-from flow2seg_ros.bench import parse_size, scene_frames
-from flow2seg_ros.replay import apply_dds_environment
+from flow2seg_ros.cli import size_arg
+from flow2seg_ros.dds import apply_dds_environment
+from flow2seg_ros.encodings import image_msg_from_array
+from flow2seg_ros.frames import scene_frames
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -32,8 +34,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--frames', type=int, default=10_000)
     parser.add_argument('--warmup', type=int, default=200, help='frames before the baseline')
-    parser.add_argument('--camera', type=parse_size, default=(160, 120), help='frame WxH')
-    parser.add_argument('--network', type=parse_size, default=(128, 64), help='network WxH')
+    parser.add_argument('--camera', type=size_arg(), default=(160, 120), help='frame WxH')
+    parser.add_argument('--network', type=size_arg(), default=(128, 64), help='network WxH')
     parser.add_argument('--weights', default=None, help='model file (default: bundled/random)')
     parser.add_argument('--timeout', type=float, default=10.0, help='seconds per frame at most')
     parser.add_argument('--out', default=None, help='write the figures as JSON here')
@@ -48,7 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
-    from flow2seg_ros.encodings import image_fields
+    from std_msgs.msg import Header
+
     from flow2seg_ros.node import Flow2SegNode
 
     tmp = new_tmp()
@@ -78,13 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if time.monotonic() > deadline:
             raise SystemExit('memory_soak: the node did not connect within 30 s')
     frames = scene_frames(64, args.camera)
-    msgs = []
-    for rgb in frames:
-        msg = Image()
-        for key, value in image_fields(rgb, 'rgb8').items():
-            setattr(msg, key, value)
-        msg.header.frame_id = 'camera'
-        msgs.append(msg)
+    msgs = [image_msg_from_array(rgb, 'rgb8', Header(frame_id='camera'), Image)
+            for rgb in frames]
 
     samples = []
     baseline = None

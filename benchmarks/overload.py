@@ -19,9 +19,10 @@ import time
 from typing import Optional, Sequence
 
 from _common import model_file, new_tmp
-from flow2seg_ros.bench import parse_size, scene_frames
-from flow2seg_ros.replay import (apply_dds_environment, dds_environment, LiveReplay,
-                                 start_node_process, stop_process)
+from flow2seg_ros.cli import size_arg
+from flow2seg_ros.dds import apply_dds_environment, dds_environment
+from flow2seg_ros.frames import scene_frames
+from flow2seg_ros.replay import LiveReplay, start_node_process, stop_process
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv: command-line arguments (None = sys.argv[1:]).
     """
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--camera', type=parse_size, default=(640, 480), help='frame WxH')
+    parser.add_argument('--camera', type=size_arg(), default=(640, 480), help='frame WxH')
     parser.add_argument('--seconds', type=float, default=20.0, help='duration of each rate')
     parser.add_argument('--rounds', type=int, default=4, help='alternations of the two rates')
     parser.add_argument('--calibration-frames', type=int, default=20)

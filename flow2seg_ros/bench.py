@@ -38,33 +38,27 @@ import torch
 import torch.nn.functional as F
 
 from flow2seg_ros.classes import cityscapes_classes, ClassSet
-from flow2seg_ros.encodings import image_fields, image_msg_to_rgb
-from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, resolve_device
+from flow2seg_ros.cli import size_arg
+from flow2seg_ros.dds import apply_dds_environment
+from flow2seg_ros.devices import resolve_device
+from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
+from flow2seg_ros.frames import scene_frames
+from flow2seg_ros.models import build_model
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.visualize import colorize, overlay
+from flow2seg_ros.weights import load_model, random_model
 
-__all__ = ['PIPELINE_STAGES', 'NODE_STAGES', 'parse_size', 'environment', 'make_message',
+__all__ = ['PIPELINE_STAGES', 'OUTPUT_STAGES', 'NODE_STAGES', 'environment', 'make_message',
            'model_pair', 'time_model_paths', 'bench_config', 'run', 'get_args_parser', 'main']
 
-#: Pipeline stages (FrameResult.timings) that belong to the pipeline's own work.
+#: Pipeline stages (FrameResult.timings) that compute the labels at the network's size.
 PIPELINE_STAGES = ('resize', 'flow', 'network', 'argmax')
-#: Stages the node adds around the pipeline's own work.
-NODE_STAGES = ('convert', 'resize_back', 'colour', 'messages', 'publish')
+#: Pipeline stages that make the published pictures at the input's size (labels resized back,
+#: colour mask and overlay): pipeline work the node asks for, counted apart from the above.
+OUTPUT_STAGES = ('resize_back', 'colour')
+#: What the node itself adds around the pipeline: message conversion, building, publishing.
+NODE_STAGES = ('convert', 'messages', 'publish')
 OUTPUT_TOPICS = ('labels', 'color_mask', 'overlay')
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x256"`` -> (512, 256) as (width, height).
-
-    Args:
-        text: ``WxH``.
-    """
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must be WxH (e.g. 512x256), got {text!r}')
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
-    return w, h
 
 
 def _cpu_model() -> str:
@@ -102,29 +96,22 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def scene_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
-    """Frames of a smooth textured scene panning 3 pixels a frame (RGB uint8).
-
-    Args:
-        count: number of frames.
-        size: (width, height).
-        seed: texture seed.
-    """
-    w, h = size
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (max(2, h // 8), max(2, (w + 3 * count) // 8), 3), np.uint8)
-    scene = cv2.resize(small, (small.shape[1] * 8, small.shape[0] * 8),
-                       interpolation=cv2.INTER_CUBIC)
-    scene = cv2.resize(scene, (w + 3 * count, h))
-    return [np.ascontiguousarray(scene[:, 3 * i:3 * i + w]) for i in range(count)]
-
-
 def _message_type() -> Any:
     try:
         from sensor_msgs.msg import Image
         return Image
     except ImportError:
         return None
+
+
+def _header(stamp: float, frame_id: str, image_type: Any) -> Any:
+    sec, nanosec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
+    if image_type is None:
+        return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
+    header = image_type().header
+    header.stamp.sec, header.stamp.nanosec = sec, nanosec
+    header.frame_id = frame_id
+    return header
 
 
 def make_message(rgb: np.ndarray, encoding: str, stamp: float, *, image_type: Any = None) -> Any:
@@ -137,35 +124,15 @@ def make_message(rgb: np.ndarray, encoding: str, stamp: float, *, image_type: An
         image_type: ``sensor_msgs.msg.Image`` or None for a plain namespace.
     """
     pixels = rgb if encoding == 'rgb8' else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    fields = image_fields(pixels, encoding)
-    sec, nanosec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
-    if image_type is None:
-        header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec),
-                                 frame_id='camera')
-        return SimpleNamespace(header=header, **fields)
-    msg = image_type()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
-    msg.header.frame_id = 'camera'
-    for key, value in fields.items():
-        setattr(msg, key, value)
-    return msg
+    return image_msg_from_array(pixels, encoding, _header(stamp, 'camera', image_type),
+                                image_type or SimpleNamespace)
 
 
 def _build_outputs(result: Any, header: Any, image_type: Any) -> list[Any]:
     """The node's three output messages for a frame (labels, color_mask, overlay)."""
-    msgs = []
-    for array, encoding in ((result.labels, 'mono8'), (result.color_mask, 'rgb8'),
-                            (result.overlay, 'rgb8')):
-        fields = image_fields(array, encoding)
-        if image_type is None:
-            msg = SimpleNamespace(header=header, **fields)
-        else:
-            msg = image_type()
-            msg.header = header
-            for key, value in fields.items():
-                setattr(msg, key, value)
-        msgs.append(msg)
-    return msgs
+    return [image_msg_from_array(array, encoding, header, image_type or SimpleNamespace)
+            for array, encoding in ((result.labels, 'mono8'), (result.color_mask, 'rgb8'),
+                                    (result.overlay, 'rgb8'))]
 
 
 def model_pair(preset: str, *, num_classes: int, weights: Optional[str] = None,
@@ -178,27 +145,17 @@ def model_pair(preset: str, *, num_classes: int, weights: Optional[str] = None,
         weights: a model file (.safetensors with its card); None = random weights.
         seed: torch seed of random weights.
     """
-    from flow2seg_ros.models import build_model
-
     if weights is not None:
-        from flow2seg_ros.weights import load_model
-
         model, card = load_model(weights)
-        kwargs = dict(card.get('model_kwargs', {}))
         classes = ClassSet.from_dict(card['classes'])
         preset = card['preset']
     else:
-        torch.manual_seed(seed)
         classes = cityscapes_classes() if num_classes == 19 else ClassSet(
             [f'class{i}' for i in range(num_classes)],
             [tuple(int(c) for c in np.random.default_rng(i).integers(0, 255, 3))
              for i in range(num_classes)])
-        model = build_model(preset, num_classes=classes.num_classes)
-        kwargs = dict(model.model_kwargs)
-        card = {'preset': preset, 'model_kwargs': kwargs, 'classes': classes.to_dict(),
-                'input_size': [256, 512],
-                'normalization': {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
-                'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0}}
+        model, card = random_model(preset, classes=classes, input_size=(256, 512), seed=seed)
+    kwargs = dict(card.get('model_kwargs', {}))
     if not getattr(model, 'has_flow', False):
         raise ValueError(f'the {preset} model has no flow path (use_flow=False); the benchmark '
                          'compares a fused model against its image-only twin')
@@ -222,19 +179,12 @@ class _Clock:
         return time.perf_counter()
 
 
-def _image_path(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    features = model.image_backbone(x)
-    logits = model.image_head(features['out'])
-    if getattr(model, 'skip_head', None) is not None:
-        low = features['low']
-        logits = F.interpolate(logits, size=low.shape[-2:], mode='bilinear',
-                               align_corners=False) + model.skip_head(low)
-    return logits
-
-
 def time_model_paths(model: torch.nn.Module, x: torch.Tensor, f: torch.Tensor,
                      clock: Callable[[], float], *, fp16: bool = False) -> dict[str, float]:
-    """Time the model's parts on one input: image path, flow path, fusion, upsampling (ms).
+    """Time the model's own parts on one input: image path, flow path, fusion, upsampling (ms).
+
+    Calls :meth:`Flow2Seg.image_logits`, :meth:`Flow2Seg.flow_logits` and :meth:`Flow2Seg.fuse`,
+    the methods ``forward`` is made of, so the parts timed are the parts the pipeline runs.
 
     Args:
         model: a Flow2Seg model with a flow path, in eval mode.
@@ -246,11 +196,11 @@ def time_model_paths(model: torch.nn.Module, x: torch.Tensor, f: torch.Tensor,
     times = {}
     with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=fp16):
         t0 = clock()
-        image_logits = _image_path(model, x)
+        image_logits, _ = model.image_logits(x)
         t1 = clock()
-        flow_logits = model.flow_head(model.flow_backbone(f)['out'])
+        flow_logits = model.flow_logits(f)
         t2 = clock()
-        fused = image_logits + model.fusion(image_logits, flow_logits)
+        fused = model.fuse(image_logits, flow_logits)
         t3 = clock()
         F.interpolate(fused, size=x.shape[-2:], mode='bilinear', align_corners=False)
         t4 = clock()
@@ -269,8 +219,6 @@ class _Publisher:
     """
 
     def __init__(self) -> None:
-        from flow2seg_ros.replay import apply_dds_environment
-
         apply_dds_environment()  # loopback discovery, own domain, large-image profile
         import rclpy
         from rclpy.context import Context
@@ -401,19 +349,23 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
     totals = {}
     for name, m in med.items():
         own = sum(m.get(k, 0.0) for k in PIPELINE_STAGES)
+        pictures = sum(m.get(k, 0.0) for k in OUTPUT_STAGES)
         added = sum(m.get(k, 0.0) for k in NODE_STAGES)
-        totals[name] = {'pipeline_ms': own, 'node_added_ms': added, 'frame_ms': own + added,
+        frame = own + pictures + added
+        totals[name] = {'pipeline_ms': own, 'outputs_ms': pictures, 'node_added_ms': added,
+                        'frame_ms': frame,
                         'pipeline_process_ms': m.get('total', float('nan')),
                         'pipeline_fps': 1e3 / m['total'] if m.get('total') else float('nan'),
-                        'frame_fps': 1e3 / (own + added) if own + added else float('nan')}
+                        'frame_fps': 1e3 / frame if frame else float('nan')}
     fused_frame = [sum(v) for v in zip(*(stages['fused'][k] for k in PIPELINE_STAGES))]
     image_frame = [sum(v) for v in zip(*(stages['image_only'][k] for k in PIPELINE_STAGES))]
     per_frame_ratio = [a / b for a, b in zip(fused_frame, image_frame) if b > 0]
     ratios = {
         # fused pipeline / image-only pipeline, median of per-frame ratios (robust to load)
         'motion_cost': _median(per_frame_ratio),
-        # what the node adds around the pipeline / the pipeline's own work
-        'node_overhead': totals['fused']['node_added_ms'] / totals['fused']['pipeline_ms'],
+        # what the node adds around the pipeline / all the pipeline's work (labels + pictures)
+        'node_overhead': totals['fused']['node_added_ms'] / (totals['fused']['pipeline_ms']
+                                                             + totals['fused']['outputs_ms']),
         # (flow path + fusion) / image path, per frame then median
         'flow_fusion_over_image_path': _median(
             [(a + b) / c for a, b, c in zip(paths['flow_path'], paths['fusion'],
@@ -507,9 +459,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"device {env['device']} ({env.get('gpu') or env['cpu_model']}), "
              f"{env['torch_threads']} threads, torch {env['torch']}", _HEADER]
     lines += [_row(c) for c in report['configs']]
-    lines.append('times in ms (medians); pipe = resize+flow+network+argmax; node + = conversion, '
-                 'resize back, colour+overlay, 3 messages (+publish) over pipe; motion = fused / '
-                 'image-only pipeline; (f+fu)/i = (flow path + fusion) / image path')
+    lines.append('times in ms (medians); pipe = resize+flow+network+argmax; node + = conversion '
+                 'and 3 messages built (+publish) over the pipeline with its pictures (resize '
+                 'back, colour, overlay); motion = fused / image-only pipe; (f+fu)/i = (flow '
+                 'path + fusion) / image path')
     return '\n'.join(lines)
 
 
@@ -524,9 +477,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='a model file to time instead of random presets')
     parser.add_argument('--num-classes', type=int, default=19,
                         help='classes of random models (19 = Cityscapes)')
-    parser.add_argument('--sizes', nargs='+', type=parse_size, default=None,
+    parser.add_argument('--sizes', nargs='+', type=size_arg(), default=None,
                         help='network input sizes WxH (default 512x256 1024x512; --quick 256x128)')
-    parser.add_argument('--cameras', nargs='+', type=parse_size, default=None,
+    parser.add_argument('--cameras', nargs='+', type=size_arg(), default=None,
                         help='camera frame sizes WxH (default 640x480 1280x720; --quick 320x240)')
     parser.add_argument('--iterations', type=int, default=30, help='timed frames per config')
     parser.add_argument('--budget-s', type=float, default=90.0,

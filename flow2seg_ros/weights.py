@@ -22,17 +22,24 @@ from flow2seg_ros.tensorfile import read_safetensors, WeightsError, write_safete
 
 __all__ = [
     'CARD_FORMAT',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
     'WeightsError',
     'bundled_model_path',
     'card_path',
     'load_model',
     'make_card',
+    'random_model',
     'read_safetensors',
     'save_model',
 ]
 
 #: Value of the model card's ``format`` key.
 CARD_FORMAT = 'flow2seg-model-card/1'
+
+#: torchvision's ImageNet normalisation, the default of every model this project trains.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _REQUIRED_CARD_KEYS = ('format', 'preset', 'model_kwargs', 'classes')
 
@@ -90,6 +97,33 @@ def make_card(model: nn.Module, classes: ClassSet, *, input_size: Sequence[int],
         'training': dict(training or {}),
         'metrics': dict(metrics or {}),
     }
+
+
+def random_model(preset: str = 'lite', *, classes: ClassSet, input_size: Sequence[int],
+                 seed: int = 0, flow_method: str = 'dis', flow_preset: str = 'ultrafast',
+                 flow_scale: float = 20.0,
+                 **model_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """A model with random weights and its complete card: for tests, benchmarks and timing.
+
+    Args:
+        preset: model preset (``lite`` or ``paper``).
+        classes: the class set it predicts.
+        input_size: network input ``[H, W]`` recorded in the card.
+        seed: torch seed of the weights.
+        flow_method: flow method recorded in the card.
+        flow_preset: flow preset recorded in the card.
+        flow_scale: flow scale recorded in the card.
+        **model_kwargs: keyword arguments of the preset's factory (e.g. narrow widths).
+
+    Returns:
+        ``(model, card)``, the model in eval mode on the CPU.
+    """
+    torch.manual_seed(seed)
+    model = build_model(preset, num_classes=classes.num_classes, **model_kwargs).eval()
+    card = make_card(model, classes, input_size=input_size, mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD, flow_method=flow_method, flow_preset=flow_preset,
+                     flow_scale=flow_scale, training={'note': f'random weights, seed {seed}'})
+    return model, card
 
 
 def _validate_card(card: Any, where: PathLike) -> ClassSet:

@@ -2,11 +2,14 @@
 import importlib.util
 import json
 import math
+import time
 
 import pytest
 import torch
 
 from flow2seg_ros import bench
+from flow2seg_ros.encodings import image_msg_to_rgb
+from flow2seg_ros.frames import PAN_PX, scene_frames
 
 STAGES = ('convert', 'resize', 'flow', 'network', 'argmax', 'resize_back', 'colour', 'messages')
 
@@ -41,8 +44,10 @@ def test_quick_run_reports_every_stage_path_and_ratio(tmp_path, tiny_model_file,
     ratios = config['ratios']
     for name in ('motion_cost', 'node_overhead', 'flow_fusion_over_image_path'):
         assert math.isfinite(ratios[name]) and ratios[name] > 0, name
+    assert totals['outputs_ms'] == pytest.approx(
+        sum(config['stages_ms'][s] for s in bench.OUTPUT_STAGES))
     assert ratios['node_overhead'] == pytest.approx(
-        totals['node_added_ms'] / totals['pipeline_ms'])
+        totals['node_added_ms'] / (totals['pipeline_ms'] + totals['outputs_ms']))
     printed = capsys.readouterr().out
     assert 'motion' in printed and '64x32' in printed and '160x120' in printed
 
@@ -57,11 +62,39 @@ def test_image_only_twin_shares_the_image_path(tiny_model_file):
         torch.testing.assert_close(image_only(x)['fused'], model(x)['fused'])
 
 
+def test_timed_parts_are_the_models_own_and_add_up_to_forward(tiny_model):
+    # the benchmark times Flow2Seg.image_logits / flow_logits / fuse: the same calls forward
+    # makes, so the fused logits rebuilt from the parts equal forward's output
+    model, _ = tiny_model
+    torch.manual_seed(1)
+    x, f = torch.randn(2, 3, 32, 64), 0.1 * torch.randn(2, 2, 32, 64)
+    calls = []
+    for name in ('image_logits', 'flow_logits', 'fuse'):
+        original = getattr(model, name)
+        setattr(model, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    try:
+        times = bench.time_model_paths(model, x, f, time.perf_counter)
+        assert calls == ['image_logits', 'flow_logits', 'fuse']
+        with torch.inference_mode():
+            image_logits, _ = model.image_logits(x)
+            fused = model.fuse(image_logits, model.flow_logits(f))
+            parts = torch.nn.functional.interpolate(fused, size=(32, 64), mode='bilinear',
+                                                    align_corners=False)
+            torch.testing.assert_close(parts, model(x, f)['fused'])
+    finally:
+        for name in ('image_logits', 'flow_logits', 'fuse'):
+            del model.__dict__[name]
+    assert set(times) == {'image_path', 'flow_path', 'fusion', 'upsample'}
+
+
+def test_node_stages_are_not_pipeline_stages():
+    assert not set(bench.NODE_STAGES) & (set(bench.PIPELINE_STAGES) | set(bench.OUTPUT_STAGES))
+
+
 def test_scene_frames_pan_and_message_round_trips():
-    frames = bench.scene_frames(2, (48, 24))
+    frames = scene_frames(2, (48, 24))
     assert frames[0].shape == (24, 48, 3)
-    assert (frames[0][:, 3:] == frames[1][:, :-3]).all()
-    from flow2seg_ros.encodings import image_msg_to_rgb
+    assert (frames[0][:, PAN_PX:] == frames[1][:, :-PAN_PX]).all()
 
     for encoding in ('rgb8', 'bgr8'):
         msg = bench.make_message(frames[0], encoding, 12.5)
