@@ -6,13 +6,36 @@ The node, the demo, evaluation, bag replay and the benchmark all run frames thro
 Per frame: resize to the network's input size, optical flow between this frame and the one
 before it, the Flow2Seg network (image path, flow path, residual fusion), argmax, and, at the
 input's size, the label map plus whatever pictures were asked for.
+
+Three steps, public so that several cameras can share one network call:
+
+* :meth:`FramePipeline.prepare` ``(rgb, stamp, *, prev=None) -> PreparedFrame``: checks the
+  frame, resizes it to the network's input size and decides whether the flow state resets. The
+  per-stream state (the previous frame) lives in the FramePipeline instance and moves on to
+  this frame here; the PreparedFrame keeps the previous frame it needs for flow.
+* :meth:`FramePipeline.infer` ``(frames, heads=('fused',)) -> list[dict]``: the network, once,
+  on a batch of prepared frames of one network size, flow included (each frame's flow comes
+  from the flow estimator of the pipeline that prepared it, between that frame and its own
+  predecessor, and is stored in ``frame.flow``). Frames may come from several FramePipeline
+  instances that share one model object: a multi-camera node keeps one FramePipeline per camera
+  (per-camera state) built with the same ``model=`` and calls ``infer`` on any one of them, or
+  :func:`infer_batch`, with the frames of all cameras. Returns, per frame, a dict
+  ``{head: (1, C, h, w) logits}`` for the heads the network made.
+* :meth:`FramePipeline.finish` ``(frame, out, *, outputs=..., heads=...) -> FrameResult``:
+  argmax, labels (and the pictures asked for) at the input's size. Call it on the frame's own
+  pipeline (it counts the frame there).
+
+:meth:`FramePipeline.process` is ``prepare`` + ``infer`` + ``finish`` for one frame. Each step
+adds its stages to ``frame.timings`` (ms): ``resize``; ``flow``, ``network``; ``argmax``,
+``resize_back``, ``colour``; ``total`` is their sum. In a batch of several frames, ``network``
+is the batch's time, given to each frame.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import logging
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -25,7 +48,8 @@ from flow2seg_ros.models import HEADS
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
 from flow2seg_ros.weights import load_model
 
-__all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'FramePipeline']
+__all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'PreparedFrame',
+           'FramePipeline', 'infer_batch']
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +131,43 @@ class _Frame:
     size: tuple[int, int]  # (H, W) of the input
 
 
+@dataclass
+class PreparedFrame:
+    """One frame after :meth:`FramePipeline.prepare`, ready for :meth:`FramePipeline.infer`.
+
+    Attributes:
+        pipeline: the FramePipeline that prepared it (its stream, flow estimator and counters).
+        rgb: the frame as received, (H, W, 3) uint8 RGB.
+        small: the frame at the network's input size.
+        stamp: its time in seconds.
+        reset_reason: None, ``first``, ``size``, ``backwards`` or ``gap`` (see FrameResult).
+        prev_small: the previous frame at the network's input size when flow is to be computed
+            for this frame, else None (a reset, or a model without a flow path).
+        flow: (2, h, w) flow in pixels, set by :meth:`FramePipeline.infer` (None without flow).
+        timings: per-stage wall times in ms, filled in by each step.
+    """
+
+    pipeline: 'FramePipeline'
+    rgb: np.ndarray
+    small: np.ndarray
+    stamp: float
+    reset_reason: Optional[str]
+    prev_small: Optional[np.ndarray] = None
+    flow: Optional[torch.Tensor] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the frame as received."""
+        return (self.rgb.shape[0], self.rgb.shape[1])
+
+
 class _Timer:
     """Per-stage wall times in ms; synchronises CUDA so GPU stages are timed honestly."""
 
-    def __init__(self, cuda: bool) -> None:
+    def __init__(self, cuda: bool, times: Optional[dict[str, float]] = None) -> None:
         self.cuda = cuda
-        self.times: dict[str, float] = {}
+        self.times: dict[str, float] = {} if times is None else times
         self._t = time.perf_counter()
 
     def lap(self, stage: str) -> None:
@@ -226,35 +281,37 @@ class FramePipeline:
         self._pinned.numpy()[...] = small
         return self._pinned.to(self.device, non_blocking=True)
 
-    @torch.inference_mode()
-    def process(self, rgb: np.ndarray, stamp: float, *,
-                outputs: Iterable[str] = ('color_mask', 'overlay'),
-                heads: Iterable[str] = ('fused',),
-                prev: Optional[tuple[np.ndarray, float]] = None) -> FrameResult:
-        """Segment one frame.
-
-        Args:
-            rgb: (H, W, 3) uint8 RGB frame at the camera's size.
-            stamp: its time in seconds (header stamp).
-            outputs: pictures to make, any of ``color_mask``, ``overlay``, ``confidence``,
-                ``flow_rgb``; labels are always made.
-            heads: heads whose labels go in ``head_labels`` (``fused``, ``image``, ``flow``).
-            prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
-                from the last frame processed (a node that dropped frames); None = the last
-                processed frame.
-
-        Returns:
-            FrameResult; ``labels`` are the fused head's, at the input's size.
-        """
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f'frame must be (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}')
+    @staticmethod
+    def _check_outputs_heads(outputs: Iterable[str], heads: Iterable[str]
+                             ) -> tuple[set[str], tuple[str, ...]]:
         outputs, heads = set(outputs), tuple(heads)
         unknown = (outputs - set(OUTPUTS)) | (set(heads) - set(HEADS))
         if unknown:
             raise ValueError(f'unknown outputs or heads: {sorted(unknown)}')
-        timer = _Timer(self.device.type == 'cuda')
-        size = (rgb.shape[0], rgb.shape[1])
-        stamp = float(stamp)
+        return outputs, heads
+
+    def prepare(self, rgb: np.ndarray, stamp: float, *,
+                prev: Optional[tuple[np.ndarray, float]] = None) -> PreparedFrame:
+        """Step 1: check the frame, resize it to the network's size, decide on a flow reset.
+
+        The stream moves on to this frame: the next frame prepared here takes its flow against
+        this one.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB frame at the camera's size.
+            stamp: its time in seconds (header stamp).
+            prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
+                from the last frame prepared (a node that dropped frames); None = the last
+                prepared frame.
+        """
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
+                or rgb.dtype != np.uint8:
+            shape = getattr(rgb, 'shape', type(rgb))
+            raise ValueError(f'frame must be (H, W, 3) uint8 RGB, got {shape} '
+                             f'{getattr(rgb, "dtype", "")}')
+        frame = PreparedFrame(self, rgb, rgb, float(stamp), None)
+        timer = _Timer(self.device.type == 'cuda', frame.timings)
+        size = frame.size
         if prev is not None:
             prev_rgb, prev_stamp = prev
             stored = self._prev
@@ -263,25 +320,96 @@ class FramePipeline:
                 stored = _Frame(self._small(prev_rgb), float(prev_stamp),
                                 (prev_rgb.shape[0], prev_rgb.shape[1]))
             self._prev = stored
-        reason = self._reset_reason(size, stamp, self._prev)
+        reason = self._reset_reason(size, frame.stamp, self._prev)
         if reason is not None and reason != 'first':
             self.resets += 1
-            log.info('flow state reset (%s) at stamp %.3f', reason, stamp)
-        small = self._small(rgb)
-        timer.lap('resize')
-
-        flow_t = None
+            log.info('flow state reset (%s) at stamp %.3f', reason, frame.stamp)
+        frame.small = self._small(rgb)
+        frame.reset_reason = reason
         if reason is None and self.flow_estimator is not None:
-            flow_t = self.flow_estimator(self._prev.small, small)
-        timer.lap('flow')
+            frame.prev_small = self._prev.small
+        self._prev = _Frame(frame.small, frame.stamp, size)
+        timer.lap('resize')
+        return frame
 
-        x = self._upload(small)
-        x = x.permute(2, 0, 1).unsqueeze(0).float().mul_(self._scale).add_(self._shift)
-        f = None if flow_t is None else scale_flow(flow_t.unsqueeze(0), self.flow_scale)
-        with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
-            out = self.model(x, f, heads=heads)
-        timer.lap('network')
+    @torch.inference_mode()
+    def infer(self, frames: Sequence[PreparedFrame],
+              heads: Iterable[str] = ('fused',)) -> list[dict[str, torch.Tensor]]:
+        """Step 2: flow and the network, once, on a batch of prepared frames.
 
+        Args:
+            frames: frames prepared by this pipeline or by others sharing its model, all at
+                one network size.
+            heads: heads wanted (``fused``, ``image``, ``flow``); ``fused`` is always made.
+
+        Returns:
+            Per frame, ``{head: (1, C, h, w) logits}`` (``flow`` only for frames with flow).
+        """
+        _, heads = self._check_outputs_heads((), heads)
+        frames = list(frames)
+        if not frames:
+            return []
+        shapes = {f.small.shape for f in frames}
+        if len(shapes) > 1:
+            raise ValueError(f'frames in one batch must share a network size, got '
+                             f'{sorted(s[:2] for s in shapes)}')
+        for f in frames:
+            if f.pipeline.model is not self.model:
+                raise ValueError('a batch may only hold frames of pipelines that share '
+                                 'one model object')
+        for f in frames:
+            timer = _Timer(self.device.type == 'cuda', f.timings)
+            if f.prev_small is not None:
+                f.flow = f.pipeline.flow_estimator(f.prev_small, f.small)
+            timer.lap('flow')
+
+        t0 = time.perf_counter()
+        outs: list[dict[str, torch.Tensor]] = [{} for _ in frames]
+        # frames with flow and frames without (first frames, resets) run as two groups
+        groups = ([i for i, f in enumerate(frames) if f.flow is not None],
+                  [i for i, f in enumerate(frames) if f.flow is None])
+        for idx in groups:
+            if not idx:
+                continue
+            x = self._network_input([frames[i].small for i in idx])
+            flow = None
+            if frames[idx[0]].flow is not None:
+                flow = torch.stack([frames[i].flow for i in idx]).to(self.device)
+                flow = scale_flow(flow, self.flow_scale)
+            with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
+                out = self.model(x, flow, heads=heads)
+            for j, i in enumerate(idx):
+                outs[i] = {h: v[j:j + 1] for h, v in out.items()}
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+        network_ms = 1000.0 * (time.perf_counter() - t0)
+        for f in frames:
+            f.timings['network'] = f.timings.get('network', 0.0) + network_ms
+        return outs
+
+    def _network_input(self, smalls: Sequence[np.ndarray]) -> torch.Tensor:
+        """(N, 3, H, W) normalised float batch on the device from network-size RGB frames."""
+        if len(smalls) == 1:
+            x = self._upload(smalls[0]).permute(2, 0, 1).unsqueeze(0)
+        else:
+            x = self._upload(np.stack(smalls)).permute(0, 3, 1, 2)
+        return x.float().mul_(self._scale).add_(self._shift)
+
+    @torch.inference_mode()
+    def finish(self, frame: PreparedFrame, out: dict[str, torch.Tensor], *,
+               outputs: Iterable[str] = ('color_mask', 'overlay'),
+               heads: Iterable[str] = ('fused',)) -> FrameResult:
+        """Step 3: argmax, then labels and pictures at the input's size.
+
+        Args:
+            frame: the frame, as :meth:`prepare` returned it and :meth:`infer` left it.
+            out: its dict from :meth:`infer`.
+            outputs: pictures to make, any of ``color_mask``, ``overlay``, ``confidence``,
+                ``flow_rgb``; labels are always made.
+            heads: heads whose labels go in ``head_labels`` (None for a head not in ``out``).
+        """
+        outputs, heads = self._check_outputs_heads(outputs, heads)
+        timer = _Timer(self.device.type == 'cuda', frame.timings)
         want_conf = 'confidence' in outputs
         fused = out['fused']
         if want_conf:
@@ -301,9 +429,10 @@ class FramePipeline:
                 head_small[h] = None
         conf_small = (conf_t[0] * 255).round().to(torch.uint8).cpu().numpy() if want_conf \
             else None
-        flow_np = None if flow_t is None else flow_t.cpu().numpy()
+        flow_np = None if frame.flow is None else frame.flow.cpu().numpy()
         timer.lap('argmax')
 
+        size = frame.size
         h_in, w_in = size
         same = size == self.input_size
 
@@ -311,7 +440,8 @@ class FramePipeline:
             return a if same else cv2.resize(a, (w_in, h_in), interpolation=interp)
 
         labels = up(labels_small)
-        result = FrameResult(labels=labels, stamp=stamp, flow=flow_np, reset_reason=reason)
+        result = FrameResult(labels=labels, stamp=frame.stamp, flow=flow_np,
+                             reset_reason=frame.reset_reason)
         result.head_labels = {h: (labels if h == 'fused' else
                                   None if v is None else up(v)) for h, v in head_small.items()}
         if conf_small is not None:
@@ -322,15 +452,52 @@ class FramePipeline:
             # colouring the resized labels, with a fraction of the LUT work
             result.color_mask = up(colorize(labels_small, self.palette))
             if 'overlay' in outputs:
-                result.overlay = overlay(rgb, result.color_mask, self.config.overlay_alpha)
+                result.overlay = overlay(frame.rgb, result.color_mask, self.config.overlay_alpha)
         if 'flow_rgb' in outputs:
             pic = (np.zeros(self.input_size + (3,), np.uint8) if flow_np is None
                    else flow_to_rgb(flow_np, max_magnitude=0.05 * self.input_size[1]))
             result.flow_rgb = up(pic, cv2.INTER_LINEAR)
         timer.lap('colour')
 
-        self._prev = _Frame(small, stamp, size)
         self.frames += 1
-        result.timings = timer.times
-        result.timings['total'] = sum(timer.times.values())
+        result.timings = dict(frame.timings)
+        result.timings['total'] = sum(frame.timings.values())
         return result
+
+    def process(self, rgb: np.ndarray, stamp: float, *,
+                outputs: Iterable[str] = ('color_mask', 'overlay'),
+                heads: Iterable[str] = ('fused',),
+                prev: Optional[tuple[np.ndarray, float]] = None) -> FrameResult:
+        """Segment one frame: :meth:`prepare`, :meth:`infer` and :meth:`finish`.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB frame at the camera's size.
+            stamp: its time in seconds (header stamp).
+            outputs: pictures to make, any of ``color_mask``, ``overlay``, ``confidence``,
+                ``flow_rgb``; labels are always made.
+            heads: heads whose labels go in ``head_labels`` (``fused``, ``image``, ``flow``).
+            prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
+                from the last frame processed (a node that dropped frames); None = the last
+                processed frame.
+
+        Returns:
+            FrameResult; ``labels`` are the fused head's, at the input's size.
+        """
+        outputs, heads = self._check_outputs_heads(outputs, heads)
+        frame = self.prepare(rgb, stamp, prev=prev)
+        out = self.infer([frame], heads=heads)[0]
+        return self.finish(frame, out, outputs=outputs, heads=heads)
+
+
+def infer_batch(frames: Sequence[PreparedFrame],
+                heads: Iterable[str] = ('fused',)) -> list[dict[str, torch.Tensor]]:
+    """:meth:`FramePipeline.infer` on frames of several pipelines that share one model.
+
+    Args:
+        frames: prepared frames (any of their pipelines runs the batch).
+        heads: heads wanted.
+    """
+    frames = list(frames)
+    if not frames:
+        return []
+    return frames[0].pipeline.infer(frames, heads=heads)

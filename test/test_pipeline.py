@@ -129,3 +129,54 @@ def test_bad_frames_are_refused():
         p.process(np.zeros((10, 10), np.uint8), 0.0)
     with pytest.raises(ValueError, match='unknown outputs'):
         p.process(frames(1)[0], 0.0, outputs=('hologram',))
+
+
+def test_prepare_infer_finish_is_process():
+    f = frames(3)
+    a, b = tiny_pipeline(), tiny_pipeline()
+    for i, img in enumerate(f):
+        ra = a.process(img, 0.1 * i, outputs=('confidence',), heads=('fused', 'image', 'flow'))
+        frame = b.prepare(img, 0.1 * i)
+        out = b.infer([frame], heads=('fused', 'image', 'flow'))[0]
+        rb = b.finish(frame, out, outputs=('confidence',), heads=('fused', 'image', 'flow'))
+        assert ra.reset_reason == rb.reset_reason
+        np.testing.assert_array_equal(ra.labels, rb.labels)
+        np.testing.assert_array_equal(ra.confidence, rb.confidence)
+        for h in ('image', 'flow'):
+            assert (ra.head_labels[h] is None) == (rb.head_labels[h] is None)
+    assert b.frames == 3
+
+
+def test_one_batch_for_two_cameras_sharing_a_model_matches_each_camera_alone():
+    from flow2seg_ros.pipeline import infer_batch
+
+    shared = tiny_pipeline()
+    cams = [FramePipeline(shared.config, model=shared.model, card=shared.card)
+            for _ in range(2)]
+    alone = [tiny_pipeline(), tiny_pipeline()]
+    streams = [frames(3, seed=1), frames(3, seed=2)]
+    # camera 1 starts a frame later: the batch mixes a first frame with a frame that has flow
+    for i in range(3):
+        batch = [cams[0].prepare(streams[0][i], 0.1 * i)]
+        if i >= 1:
+            batch.append(cams[1].prepare(streams[1][i], 0.1 * i))
+        outs = infer_batch(batch, heads=('fused', 'flow'))
+        for k, (frame, out) in enumerate(zip(batch, outs)):
+            got = frame.pipeline.finish(frame, out, outputs=(), heads=('fused', 'flow'))
+            want = alone[k].process(streams[k][i], 0.1 * i, outputs=(), heads=('fused', 'flow'))
+            assert got.reset_reason == want.reset_reason
+            assert (got.labels == want.labels).mean() > 0.999
+            if want.flow is not None:
+                np.testing.assert_allclose(got.flow, want.flow, atol=1e-5)
+    assert cams[0].frames == 3 and cams[1].frames == 2
+
+
+def test_a_batch_refuses_mixed_sizes_and_foreign_models():
+    a, b = tiny_pipeline(), tiny_pipeline()
+    fa = a.prepare(frames(1)[0], 0.0)
+    with pytest.raises(ValueError, match='share one model'):
+        a.infer([fa, b.prepare(frames(1)[0], 0.0)])
+    c = tiny_pipeline(input_size=(32, 64))
+    c.model = a.model
+    with pytest.raises(ValueError, match='network size'):
+        a.infer([fa, c.prepare(frames(1)[0], 0.0)])
