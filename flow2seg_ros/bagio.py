@@ -17,9 +17,11 @@ from typing import Any, Iterable, Iterator, Optional
 import cv2
 import numpy as np
 
+from flow2seg_ros.encodings import image_msg_from_array
+
 __all__ = ['IMAGE', 'COMPRESSED', 'STRING', 'STORAGES', 'BagError', 'BagReader', 'BagWriter',
            'TopicInfo', 'WRITE_ENCODINGS', 'bag_storage', 'compressed_message', 'image_message',
-           'rgb_to_encoding', 'stamp_ns', 'string_message', 'typestore']
+           'label_info_topic', 'rgb_to_encoding', 'stamp_ns', 'string_message', 'typestore']
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -29,7 +31,7 @@ STORAGES = ('sqlite3', 'mcap')
 _TYPESTORE = None
 
 
-class BagError(RuntimeError):
+class BagError(ValueError):
     """A bag that cannot be read or written; the message names the bag and the problem."""
 
 
@@ -124,12 +126,8 @@ def image_message(pixels: np.ndarray, encoding: str, stamp: int, frame_id: str) 
         stamp: header stamp in nanoseconds.
         frame_id: header frame id.
     """
-    arr = np.ascontiguousarray(pixels)
-    h, w = arr.shape[:2]
-    data = arr.astype(arr.dtype.newbyteorder('<'), copy=False).view(np.uint8).reshape(-1)
-    return typestore().types[IMAGE](
-        header=_header(stamp, frame_id), height=h, width=w, encoding=encoding,
-        is_bigendian=0, step=data.size // h, data=data)
+    return image_msg_from_array(pixels, encoding, _header(stamp, frame_id),
+                                typestore().types[IMAGE], data_as_array=True)
 
 
 def compressed_message(rgb: np.ndarray, fmt: str, stamp: int, frame_id: str,
@@ -163,6 +161,13 @@ def string_message(text: str) -> Any:
         text: its data.
     """
     return typestore().types[STRING](data=text)
+
+
+def label_info_topic(labels_topic: str) -> str:
+    """The class-table topic that goes with a labels topic (``/camera/labels`` ->
+    ``/camera/label_info``): a ``std_msgs/String`` of JSON written once by the bag maker."""
+    ns = labels_topic.rstrip('/').rsplit('/', 1)[0]
+    return f'{ns}/label_info'
 
 
 def bag_storage(path: str | Path) -> str:

@@ -28,17 +28,21 @@ import cv2
 from tqdm import tqdm
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.cli import cli_main
+from flow2seg_ros.data.cityscapes import SequenceDataset
+from flow2seg_ros.metrics import HeadsEvaluator
+from flow2seg_ros.models import HEADS
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.sequences import dataset_fps, DEFAULT_FPS
 
-__all__ = ['DEFAULT_FPS', 'find_sequences', 'prediction_name', 'evaluate_sequences',
-           'format_report', 'get_args_parser', 'main', 'run']
+__all__ = ['DEFAULT_FPS', 'dataset_fps', 'find_sequences', 'prediction_name',
+           'evaluate_sequences', 'format_report', 'get_args_parser', 'main', 'run']
 
-#: Camera rate when the dataset does not say (Cityscapes' video is 17 frames/s).
-DEFAULT_FPS = 17.0
 LABEL_SUFFIX = '_gtFine_labelIds.png'
 PREDICTION_SUFFIX = '_flow2seg_labelIds.png'
 
 
-def find_sequences(root: str | os.PathLike, split: str, classes: ClassSet) -> Any:
+def find_sequences(root: str | os.PathLike, split: str, classes: ClassSet) -> SequenceDataset:
     """The sequences of a split in frame order (a ``data.cityscapes.SequenceDataset``).
 
     Args:
@@ -50,8 +54,6 @@ def find_sequences(root: str | os.PathLike, split: str, classes: ClassSet) -> An
         FileNotFoundError: naming the missing dataset folder.
         flow2seg_ros.data.cityscapes.DatasetError: naming a missing split or empty dataset.
     """
-    from flow2seg_ros.data.cityscapes import SequenceDataset
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset folder not found: {root}')
@@ -73,19 +75,8 @@ def prediction_name(label_path: Path) -> str:
     return name[:-len(LABEL_SUFFIX)] + PREDICTION_SUFFIX
 
 
-def dataset_fps(root: Path) -> float:
-    """The camera rate in ``<root>/sequence_info.json``, else :data:`DEFAULT_FPS`."""
-    info = root / 'sequence_info.json'
-    if info.is_file():
-        try:
-            return float(json.loads(info.read_text()).get('fps', DEFAULT_FPS))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f'{info}: no valid "fps": {exc}') from exc
-    return DEFAULT_FPS
-
-
 def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
-                       heads: Sequence[str] = ('fused', 'image', 'flow'), fps: float = DEFAULT_FPS,
+                       heads: Sequence[str] = HEADS, fps: float = DEFAULT_FPS,
                        write_label_ids: Optional[Path] = None, label_head: str = 'fused',
                        tc_flow: Any = None, progress: bool = True) -> dict[str, Any]:
     """Run every sequence through the pipeline in frame order and score each head.
@@ -104,8 +95,6 @@ def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
     Returns:
         ``HeadsEvaluator.summary()`` plus ``sequences``, ``seconds``, ``written`` (PNG count).
     """
-    from flow2seg_ros.metrics import HeadsEvaluator
-
     classes: ClassSet = pipeline.classes
     evaluator = HeadsEvaluator(classes, heads=heads, tc_flow=tc_flow)
     to_label = classes.train_to_label_lut()
@@ -176,7 +165,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', default=None, help='folder for metrics.json')
     parser.add_argument('--write-label-ids', default=None, metavar='DIR',
                         help='write predictions of annotated frames as Cityscapes labelId PNGs')
-    parser.add_argument('--label-head', default='fused', choices=('fused', 'image', 'flow'),
+    parser.add_argument('--label-head', default='fused', choices=HEADS,
                         help='head written by --write-label-ids (default fused)')
     parser.add_argument('--max-sequences', type=int, default=0,
                         help='evaluate only the first N sequences (0 = all)')
@@ -199,13 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Args:
         argv: command-line arguments (``sys.argv[1:]`` when None).
     """
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args, argv)
-    except (OSError, ValueError) as exc:  # DatasetError, WeightsError, FileNotFoundError, ...
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 2
+    args = get_args_parser().parse_args(argv)
+    return cli_main('flow2seg-evaluate', lambda: run(args, argv))
 
 
 def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
@@ -221,8 +205,6 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         flow2seg_ros.weights.WeightsError: a missing or invalid weights file.
         ValueError: a bad option value.
     """
-    from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
-
     if args.max_sequences < 0:
         raise ValueError(f'--max-sequences must be >= 0, got {args.max_sequences}')
     root = Path(args.data)
@@ -234,7 +216,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
                             max_gap_s=max(0.5, 2.5 / fps), threads=args.threads)
     pipeline = FramePipeline(config)
     dataset = find_sequences(root, args.split, pipeline.classes)
-    heads = ('fused', 'image', 'flow') if pipeline.has_flow_path else ('fused', 'image')
+    heads = HEADS if pipeline.has_flow_path else tuple(h for h in HEADS if h != 'flow')
     label_dir = Path(args.write_label_ids) if args.write_label_ids else None
     summary = evaluate_sequences(pipeline, dataset, max_sequences=args.max_sequences,
                                  heads=heads, fps=fps,

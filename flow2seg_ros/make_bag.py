@@ -24,12 +24,15 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 
 from flow2seg_ros.bagio import (
-    BagError, BagWriter, compressed_message, image_message, rgb_to_encoding, STORAGES,
+    BagWriter, compressed_message, image_message, label_info_topic, rgb_to_encoding, STORAGES,
     string_message, WRITE_ENCODINGS)
 from flow2seg_ros.classes import cityscapes_classes, ClassSet, load_class_set
+from flow2seg_ros.cli import cli_main
+from flow2seg_ros.data.cityscapes import SequenceDataset
+from flow2seg_ros.sequences import dataset_fps
 
 __all__ = ['DEFAULT_START_S', 'FRAME_ID', 'label_info_topic', 'make_bag', 'get_args_parser',
-           'main', 'sequence_gap_s']
+           'main', 'run', 'sequence_gap_s']
 
 #: Header stamp of the first frame (seconds since the epoch; fixed so bags are reproducible).
 DEFAULT_START_S = 1_700_000_000.0
@@ -41,13 +44,6 @@ def sequence_gap_s(rate: float) -> float:
     """Stamp gap between two sequences: over a second, and over 2.5 frame periods (which is
     the longest gap replay tolerates before it resets the flow state)."""
     return max(2.0, 5.0 / rate)
-
-
-def label_info_topic(labels_topic: str) -> str:
-    """The class-table topic that goes with a labels topic (``/camera/labels`` ->
-    ``/camera/label_info``)."""
-    ns = labels_topic.rstrip('/').rsplit('/', 1)[0]
-    return f'{ns}/label_info'
 
 
 def _resolve_classes(spec: Optional[str]) -> ClassSet:
@@ -86,12 +82,6 @@ def _dataset_root_and_split(folder: Path, split: Optional[str]) -> tuple[Path, s
     return folder, split
 
 
-def _folder_rate(root: Path) -> float:
-    from flow2seg_ros.evaluate import dataset_fps
-
-    return dataset_fps(root)
-
-
 def make_bag(folder: str | Path, out: str | Path, *, storage: str = 'sqlite3',
              rate: Optional[float] = None, split: Optional[str] = None,
              image_topic: str = '/camera/image_raw',
@@ -123,15 +113,13 @@ def make_bag(folder: str | Path, out: str | Path, *, storage: str = 'sqlite3',
         A summary: ``bag``, ``storage``, ``rate``, ``sequences``, ``frames``, ``labels``,
         ``topics`` {topic: count}, ``stamps`` (first, last in ns).
     """
-    from flow2seg_ros.data.cityscapes import SequenceDataset
-
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got '{storage}'")
     if not compressed and encoding not in WRITE_ENCODINGS:
         raise ValueError(f"cannot write image encoding '{encoding}' "
                          f"(choose from {', '.join(WRITE_ENCODINGS)})")
     root, split = _dataset_root_and_split(Path(folder), split)
-    rate = float(rate) if rate is not None else _folder_rate(root)
+    rate = float(rate) if rate is not None else dataset_fps(root)
     if not rate > 0:
         raise ValueError(f'rate must be > 0 Hz, got {rate}')
     classes = classes or cityscapes_classes()
@@ -208,30 +196,34 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``flow2seg-make-bag``; on bad input prints ``flow2seg-make-bag: error: ...``
-    and raises ``SystemExit(2)``.
+    """Entry point of ``flow2seg-make-bag``; returns the exit status.
+
+    Bad input prints ``flow2seg-make-bag: error: <message>`` to stderr and returns 2.
 
     Args:
         argv: command-line arguments (``sys.argv[1:]`` when None).
     """
-    from flow2seg_ros.data.cityscapes import DatasetError
+    args = get_args_parser().parse_args(argv)
+    return cli_main('flow2seg-make-bag', lambda: run(args))
 
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.max_sequences < 0:
-            raise ValueError(f'--max-sequences must be >= 0, got {args.max_sequences}')
-        if not 1 <= args.jpeg_quality <= 100:
-            raise ValueError(f'--jpeg-quality must be in 1..100, got {args.jpeg_quality}')
-        summary = make_bag(
-            args.folder, args.out, storage=args.storage, rate=args.rate, split=args.split,
-            image_topic=args.image_topic, labels_topic=args.labels_topic or None,
-            encoding=args.encoding, compressed=args.compressed,
-            compressed_format=args.compressed_format, jpeg_quality=args.jpeg_quality,
-            classes=_resolve_classes(args.classes), max_sequences=args.max_sequences,
-            progress=not args.no_progress)
-    except (BagError, DatasetError, OSError, ValueError) as exc:
-        parser.exit(2, f'{parser.prog}: error: {exc}\n')
+
+def run(args: argparse.Namespace) -> int:
+    """Write the bag the parsed command line asks for and print what was written; returns 0.
+
+    Args:
+        args: :func:`get_args_parser`'s result.
+    """
+    if args.max_sequences < 0:
+        raise ValueError(f'--max-sequences must be >= 0, got {args.max_sequences}')
+    if not 1 <= args.jpeg_quality <= 100:
+        raise ValueError(f'--jpeg-quality must be in 1..100, got {args.jpeg_quality}')
+    summary = make_bag(
+        args.folder, args.out, storage=args.storage, rate=args.rate, split=args.split,
+        image_topic=args.image_topic, labels_topic=args.labels_topic or None,
+        encoding=args.encoding, compressed=args.compressed,
+        compressed_format=args.compressed_format, jpeg_quality=args.jpeg_quality,
+        classes=_resolve_classes(args.classes), max_sequences=args.max_sequences,
+        progress=not args.no_progress)
     topics = ', '.join(f'{k} ({v})' for k, v in summary['topics'].items())
     print(f"wrote {summary['bag']} ({summary['storage']}): {summary['sequences']} sequences, "
           f"{summary['frames']} frames at {summary['rate']:g} Hz; topics: {topics}")

@@ -130,9 +130,7 @@ def test_bad_input_exits_with_a_clear_message(dataset, tmp_path, capsys, case):
     else:
         extra = ['--split', 'train']
         expected = "split 'train' not found"
-    with pytest.raises(SystemExit) as exc:
-        main([folder, '--out', str(out), '--no-progress'] + extra)
-    assert exc.value.code == 2
+    assert main([folder, '--out', str(out), '--no-progress'] + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith('flow2seg-make-bag: error: ') and expected in err
     assert 'Traceback' not in err
