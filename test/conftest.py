@@ -5,7 +5,7 @@ long before rclpy creates a participant: discovery stays on loopback
 (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``), this run gets its own ``ROS_DOMAIN_ID`` derived
 from the pid (parallel runs on one machine do not hear each other), and Fast DDS loads the
 shipped large-image profile, whatever the calling shell set (the values come from
-:func:`flow2seg_ros.replay.dds_environment`, the one place the project derives them). Child
+:func:`flow2seg_ros.dds.dds_environment`, the one place the project derives them). Child
 processes started by tests inherit all three.
 """
 
@@ -15,31 +15,44 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from flow2seg_ros import replay
+from flow2seg_ros import dds
 
 REPO = Path(__file__).resolve().parents[1]
 FASTDDS_PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 
 
-def dds_environment() -> Dict[str, str]:
+def isolated_dds_environment() -> Dict[str, str]:
     """The environment variables that keep this test run's DDS traffic to itself."""
     # Fast DDS accepts domain ids 0..232; keep clear of 0 (everyone's default). Starting from
     # an empty environment (but the distribution) ignores what the calling shell set.
     base = {'ROS_DISTRO': os.environ['ROS_DISTRO']} if os.environ.get('ROS_DISTRO') else {}
-    env = replay.dds_environment(1 + os.getpid() % 200, base=base)
-    return {k: env[k] for k in replay.DDS_VARIABLES if k in env}
+    env = dds.dds_environment(dds.default_domain_id(), base=base)
+    return {k: env[k] for k in dds.DDS_VARIABLES if k in env}
 
 
 def pytest_configure(config: Any) -> None:
     """Set the DDS isolation variables before test modules (and rclpy) are imported."""
-    os.environ.update(dds_environment())
-    config.addinivalue_line('markers', 'slow: takes longer than ~20 s')
+    os.environ.update(isolated_dds_environment())
+    config.addinivalue_line('markers', 'cuda: needs a CUDA GPU (skipped without one; '
+                                       '`make gpu-check` runs them)')
+
+
+def pytest_collection_modifyitems(config: Any, items: list) -> None:
+    """Skip tests marked ``cuda`` where torch sees no CUDA device, saying so."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (none here); `make gpu-check` runs it')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope='session', autouse=True)
 def dds_isolation() -> Dict[str, str]:
     """Session-wide DDS isolation (set in pytest_configure); fails loudly if it was undone."""
-    env = dds_environment()
+    env = isolated_dds_environment()
     for key, value in env.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
@@ -57,27 +70,12 @@ TINY_CLASSES = {
 
 def make_tiny_model(seed: int = 0) -> Tuple[Any, Dict[str, Any]]:
     """A tiny random ``lite`` Flow2Seg model and its model card (32x64 network input)."""
-    import torch
+    from flow2seg_ros.classes import ClassSet
+    from flow2seg_ros.weights import random_model
 
-    from flow2seg_ros.models import build_model
-    from flow2seg_ros.weights import CARD_FORMAT
-
-    torch.manual_seed(seed)
-    model = build_model('lite', num_classes=len(TINY_CLASSES['names']),
-                        widths=[8, 8, 16, 16], ppm_channels=8, flow_widths=[4, 4, 8, 8],
-                        fusion_channels=8).eval()
-    card = {
-        'format': CARD_FORMAT,
-        'preset': 'lite',
-        'model_kwargs': model.model_kwargs,
-        'classes': TINY_CLASSES,
-        'input_size': [32, 64],
-        'normalization': {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]},
-        'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0},
-        'training': {'note': 'random weights for tests'},
-        'metrics': {},
-    }
-    return model, card
+    return random_model('lite', classes=ClassSet.from_dict(TINY_CLASSES), input_size=(32, 64),
+                        seed=seed, widths=[8, 8, 16, 16], ppm_channels=8,
+                        flow_widths=[4, 4, 8, 8], fusion_channels=8)
 
 
 @pytest.fixture(scope='session')
