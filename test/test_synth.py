@@ -1,4 +1,7 @@
-"""Tests of the pybullet sequence generator (tiny sequences: 2 x 3 frames at 128x64)."""
+"""Tests of the pybullet sequence generator (tiny sequences: 2 x 3 frames at 128x64).
+
+The ground-truth flow itself is checked in test_synth_flow.py, its file format in test_flowio.py.
+"""
 import json
 import math
 from pathlib import Path
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 
 from flow2seg_ros.data import synth
+from flow2seg_ros.data.flowio import read_flow_png
 
 SIZE = (128, 64)
 
@@ -35,17 +39,29 @@ def test_layout_and_info(dataset: Path) -> None:
                                  f'{stem}_gtFine_labelIds.png'), cv2.IMREAD_UNCHANGED)
             assert img.shape == (SIZE[1], SIZE[0], 3) and img.dtype == np.uint8
             assert lbl.shape == (SIZE[1], SIZE[0]) and lbl.dtype == np.uint8
+            flow_dir = dataset / 'flow/train/synth7'
+            if frame == 0:                  # no previous frame, no flow
+                assert not (flow_dir / f'{stem}_flow.png').exists()
+                continue
+            flow, valid = read_flow_png(flow_dir / f'{stem}_flow.png', expected_size=SIZE)
+            moving = cv2.imread(str(flow_dir / f'{stem}_moving.png'), cv2.IMREAD_UNCHANGED)
+            assert moving.shape == (SIZE[1], SIZE[0]) and moving.dtype == np.uint8
+            assert set(np.unique(moving).tolist()) <= {0, 1}
+            assert valid.mean() > 0.5 and np.abs(flow[:, valid]).max() > 0.1
+            assert set(np.unique(lbl[moving > 0]).tolist()) <= set(synth.MOVING_LABEL_IDS)
     info = json.loads((dataset / 'sequence_info.json').read_text())
     assert info['fps'] == synth.FPS
     assert info['splits']['train']['size'] == list(SIZE)
     assert info['splits']['train']['sequences'] == 2
+    assert info['splits']['train']['flow'] is True
+    assert 'kitti' in info['splits']['train']['flow_format']
 
 
 def test_same_seed_gives_identical_pngs(dataset: Path, tmp_path: Path) -> None:
     synth.generate(tmp_path, sequences=2, frames=3, size=SIZE, seed=7, split='train',
                    progress=False)
     first, second = _files(dataset), _files(tmp_path)
-    assert len(first) == 12
+    assert len(first) == 12 + 2 * 2 * 2           # images, labels; flow and mask of frames 1, 2
     assert first == second
 
 
@@ -83,6 +99,18 @@ def test_annotate_last_and_cli(tmp_path: Path) -> None:
                                         for i in range(3)]
     assert [p.name for p in labels] == ['synth1_000000_000002_gtFine_labelIds.png']
     assert cv2.imread(str(images[0])).shape == (32, 64, 3)
+    assert len(list((tmp_path / 'flow/val/synth1').glob('*_flow.png'))) == 2
+
+
+def test_no_flow_writes_the_same_images_without_flow(dataset: Path, tmp_path: Path) -> None:
+    rc = synth.main(['--out', str(tmp_path), '--sequences', '2', '--frames', '3', '--size',
+                     '128x64', '--seed', '7', '--no-flow', '--no-progress'])
+    assert rc == 0
+    assert not (tmp_path / 'flow').exists()
+    with_flow = {k: v for k, v in _files(dataset).items() if not k.startswith('flow')}
+    assert _files(tmp_path) == with_flow
+    info = json.loads((tmp_path / 'sequence_info.json').read_text())
+    assert info['splits']['train']['flow'] is False
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -1,759 +1,63 @@
-"""Synthetic driving sequences rendered with pybullet, written in Cityscapes' own layout.
+"""``flow2seg-synth``: synthetic driving sequences rendered with pybullet, in Cityscapes' layout,
+with exact ground-truth optical flow.
 
-Each sequence is a street scene built from simple shapes: a road that runs straight or curves, with
-sidewalks, buildings, walls, poles, trees and grass, sometimes a side street, and cars and
-pedestrians that move on their own (same direction at other speeds, oncoming, crossing, walking
-along the sidewalk). A camera drives along the road at a realistic speed and frame rate. pybullet's
-TinyRenderer (CPU, ``p.DIRECT``) renders the colour image and an exact per-object segmentation
-mask; every object is registered with its Cityscapes label id, so labels are exact.
+Each sequence is a street scene built from simple shapes (:mod:`~flow2seg_ros.data.synth_world`):
+a road that runs straight or curves, with sidewalks, buildings, walls, poles, trees and grass,
+sometimes a side street, and cars and pedestrians that move on their own. A camera drives along the
+road at a realistic speed and frame rate. pybullet's TinyRenderer (CPU, ``p.DIRECT``) renders the
+colour image, an exact per-object segmentation mask and the depth buffer
+(:mod:`~flow2seg_ros.data.synth_scene`); every object is registered with its Cityscapes label id,
+so labels are exact, and the flow follows exactly from the geometry
+(:mod:`~flow2seg_ros.data.synth_flow`).
 
 Appearance is varied on purpose: procedural textures, colours, light direction, sky colour,
 exposure and sensor noise change per sequence, and moving cars and pedestrians sometimes wear the
 textures and colours of static classes. The image alone is then sometimes ambiguous while the
 motion still tells the objects apart, which is what the flow path of Flow2Seg is meant to exploit.
 
-Output (``<city>`` is ``synth<seed>``)::
+Output (``<city>`` is ``synth<seed>``, ``<stem>`` is ``<city>_<seq:06d>_<frame:06d>``)::
 
-    <out>/leftImg8bit_sequence/<split>/<city>/<city>_<seq:06d>_<frame:06d>_leftImg8bit.png
-    <out>/gtFine/<split>/<city>/<city>_<seq:06d>_<frame:06d>_gtFine_labelIds.png
+    <out>/leftImg8bit_sequence/<split>/<city>/<stem>_leftImg8bit.png
+    <out>/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png
+    <out>/flow/<split>/<city>/<stem>_flow.png     every frame but each sequence's first
+    <out>/flow/<split>/<city>/<stem>_moving.png
     <out>/sequence_info.json   (camera rate, size, and what each split holds)
 
-The same seed gives byte-identical PNGs.
+``_flow.png`` is the flow from the frame to the previous one (for each pixel, the offset (dx, dy)
+to where it was in the previous frame, the convention of :mod:`flow2seg_ros.flow`) in KITTI's
+format (:mod:`~flow2seg_ros.data.flowio`: 16-bit PNG, R = u, G = v as ``value * 64 + 2**15``,
+B = valid). Invalid pixels are those out of view or hidden in the previous frame; sky is valid
+(flow from the camera's rotation). ``_moving.png`` (8-bit, 0/1) marks the pixels of bodies that
+moved on their own (walking pedestrians and driving cars; standing pedestrians are static scene).
+
+The same seed gives byte-identical PNGs; the flow draws no random numbers, so the images and labels
+are those of the generator before it wrote flow.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 import json
-import math
-import os
 from pathlib import Path
-import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ['FPS', 'LABEL_IDS', 'SynthSequence', 'generate', 'get_args_parser', 'main',
-           'parse_size']
-
-#: Camera rate of the generated sequences in frames per second (Cityscapes records at 17 Hz).
-FPS = 17.0
-
-#: The Cityscapes label ids the generator renders.
-LABEL_IDS = {
-    'road': 7, 'sidewalk': 8, 'building': 11, 'wall': 12, 'pole': 17, 'vegetation': 21,
-    'terrain': 22, 'sky': 23, 'person': 24, 'car': 26,
-}
-MOVING_LABEL_IDS = (LABEL_IDS['person'], LABEL_IDS['car'])
-
-_HFOV_DEG = 50.0      # about Cityscapes' camera (fx 2262 px at 2048 px width)
-_TEX_SIZE = 64
-
-Vec3 = tuple[float, float, float]
-
-
-# --------------------------------------------------------------------------------------------
-# Procedural textures
-# --------------------------------------------------------------------------------------------
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Value noise in [0, 1]: random cells upsampled smoothly to size x size."""
-    small = rng.random((cells, cells)).astype(np.float32)
-    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-
-
-def _texture(rng: np.random.Generator, kind: str, color: np.ndarray,
-             size: int = _TEX_SIZE) -> np.ndarray:
-    """A (size, size, 3) uint8 RGB texture of one kind around a base colour."""
-    c = np.asarray(color, np.float32)
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = c
-    if kind == 'noise':
-        n = _smooth_noise(rng, size, int(rng.integers(4, 16)))
-        img *= (0.75 + 0.5 * n)[..., None]
-    elif kind == 'bricks':
-        rows = int(rng.integers(6, 14))
-        bh = size // rows
-        bw = bh * 2
-        mortar = np.array([200, 200, 190], np.float32) * rng.uniform(0.6, 1.0)
-        for r in range(rows + 1):
-            off = (bw // 2) * (r % 2)
-            y0 = r * bh
-            img[y0:y0 + 1] = mortar
-            for x in range(-off, size, bw):
-                img[y0:y0 + bh, max(x, 0):max(x, 0) + 1] = mortar
-                shade = rng.uniform(0.8, 1.15)
-                img[y0 + 1:y0 + bh, max(x + 1, 0):x + bw] *= shade
-    elif kind == 'windows':
-        nx, ny = int(rng.integers(2, 6)), int(rng.integers(2, 6))
-        glass = np.array(rng.uniform(20, 110, 3), np.float32)
-        for i in range(nx):
-            for j in range(ny):
-                x0 = int((i + 0.25) * size / nx)
-                x1 = int((i + 0.75) * size / nx)
-                y0 = int((j + 0.2) * size / ny)
-                y1 = int((j + 0.7) * size / ny)
-                img[y0:y1, x0:x1] = glass * rng.uniform(0.7, 1.4)
-    elif kind == 'stripes':
-        period = int(rng.integers(4, 16))
-        band = (np.arange(size) // (period // 2 or 1)) % 2
-        other = np.array(rng.uniform(0, 255, 3), np.float32)
-        img[band.astype(bool)] = other if rng.random() < 0.5 else c * 0.6
-        if rng.random() < 0.5:
-            img = img.transpose(1, 0, 2).copy()
-    elif kind == 'checker':
-        k = int(rng.integers(4, 12))
-        yy, xx = np.mgrid[0:size, 0:size]
-        mask = ((yy * k // size + xx * k // size) % 2).astype(bool)
-        img[mask] *= rng.uniform(0.5, 0.8)
-    elif kind == 'leaves':
-        n = _smooth_noise(rng, size, int(rng.integers(12, 24)))
-        m = _smooth_noise(rng, size, int(rng.integers(20, 32)))
-        img *= (0.5 + 0.8 * n * m + 0.2 * rng.random((size, size)))[..., None]
-    # 'plain' keeps the base colour; every kind gets a little grain.
-    img *= (0.92 + 0.16 * rng.random((size, size)))[..., None]
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def _color(rng: np.random.Generator, family: str) -> np.ndarray:
-    """A base colour of a family of appearances."""
-    if family == 'grey':
-        v = rng.uniform(60, 200)
-        return np.array([v, v, v]) * rng.uniform(0.9, 1.1, 3)
-    if family == 'dark':
-        v = rng.uniform(25, 90)
-        return np.array([v, v, v]) * rng.uniform(0.9, 1.1, 3)
-    if family == 'beige':
-        return np.array([rng.uniform(150, 230), rng.uniform(120, 200), rng.uniform(80, 160)])
-    if family == 'brick':
-        return np.array([rng.uniform(120, 200), rng.uniform(50, 100), rng.uniform(30, 80)])
-    if family == 'green':
-        return np.array([rng.uniform(30, 110), rng.uniform(80, 170), rng.uniform(20, 80)])
-    if family == 'grass':
-        return np.array([rng.uniform(80, 150), rng.uniform(120, 200), rng.uniform(50, 110)])
-    if family == 'vivid':
-        rgb = rng.uniform(20, 240, 3)
-        rgb[rng.integers(3)] = rng.uniform(180, 255)
-        return rgb
-    raise ValueError(f'unknown colour family {family!r}')
-
-
-# --------------------------------------------------------------------------------------------
-# Scene description
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class _Path:
-    """Road centre line sampled every ``step`` metres of arc length."""
-
-    s: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    heading: np.ndarray
-
-    @classmethod
-    def random(cls, rng: np.random.Generator, length: float, step: float = 0.5) -> '_Path':
-        n = int(math.ceil(length / step)) + 2
-        curv = np.zeros(n)
-        i = 0
-        while i < n:
-            seg = int(rng.uniform(25, 80) / step)
-            if rng.random() < 0.45:
-                radius = rng.uniform(35, 120)
-                curv[i:i + seg] = rng.choice([-1, 1]) / radius
-            i += seg
-        # Smooth the curvature so the camera's yaw rate changes gradually.
-        k = int(8 / step) | 1
-        curv = np.convolve(curv, np.ones(k) / k, mode='same')
-        heading = np.concatenate([[0.0], np.cumsum(curv[:-1] * step)])
-        heading += rng.uniform(-math.pi, math.pi)
-        x = np.concatenate([[0.0], np.cumsum(np.cos(heading[:-1]) * step)])
-        y = np.concatenate([[0.0], np.cumsum(np.sin(heading[:-1]) * step)])
-        return cls(np.arange(n) * step, x, y, heading)
-
-    def at(self, s: float, lateral: float = 0.0) -> tuple[float, float, float]:
-        """(x, y, heading) at arc length s, ``lateral`` metres to the left of the centre line."""
-        h = float(np.interp(s, self.s, self.heading))
-        x = float(np.interp(s, self.s, self.x)) - math.sin(h) * lateral
-        y = float(np.interp(s, self.s, self.y)) + math.cos(h) * lateral
-        return x, y, h
-
-
-@dataclass
-class _Mover:
-    """An independently moving object: rigid parts following a trajectory in the ground plane."""
-
-    label: int
-    parts: list[tuple[int, Vec3]]                  # (body id, offset in the object's frame)
-    trajectory: Callable[[float], tuple[float, float, float]]   # t [s] -> x, y, yaw
-    gait: float = 0.0                              # leg swing amplitude for pedestrians [m]
-    legs: tuple[int, ...] = ()                     # indices into parts that swing
-    phase: float = 0.0
-
-    def pose(self, t: float) -> tuple[float, float, float]:
-        return self.trajectory(t)
-
-
-@dataclass
-class _Style:
-    """The appearance choices of one sequence."""
-
-    textures: dict[str, list[int]] = field(default_factory=dict)
-    colors: dict[str, list[np.ndarray]] = field(default_factory=dict)
-
-
-class SynthSequence:
-    """One generated street sequence, built in its own pybullet client.
-
-    Args:
-        seed: seed of this sequence (scene, motion, appearance and noise all follow from it).
-        frames: number of frames.
-        size: (width, height) of the rendered images.
-        texture_dir: folder for the procedural texture PNGs (a temporary one when None).
-    """
-
-    def __init__(self, seed: int | Sequence[int], frames: int, size: tuple[int, int] = (512, 256),
-                 texture_dir: Optional[str | Path] = None) -> None:
-        import pybullet as p
-
-        if frames < 1:
-            raise ValueError(f'frames must be >= 1, got {frames}')
-        self._p = p
-        self.width, self.height = int(size[0]), int(size[1])
-        self.frames = int(frames)
-        self.rng = np.random.default_rng(seed)
-        self._frame_seed = int(self.rng.integers(2**31))     # per-frame jitter and noise
-        self._client = p.connect(p.DIRECT)
-        self._own_tmp = None
-        if texture_dir is None:
-            self._own_tmp = tempfile.TemporaryDirectory(prefix='flow2seg_synth_')
-            texture_dir = self._own_tmp.name
-        self._tex_dir = Path(texture_dir)
-        self._tex_count = 0
-        self._labels: dict[int, int] = {}
-        self.movers: list[_Mover] = []
-        self.static_bodies: list[int] = []
-        try:
-            self._build()
-        except Exception:
-            self.close()
-            raise
-
-    # ---- life cycle ----
-    def close(self) -> None:
-        if self._client is not None:
-            self._p.disconnect(self._client)
-            self._client = None
-        if self._own_tmp is not None:
-            self._own_tmp.cleanup()
-            self._own_tmp = None
-
-    def __enter__(self) -> 'SynthSequence':
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- building blocks ----
-    def _load_texture(self, kind: str, color: np.ndarray) -> int:
-        tex = _texture(self.rng, kind, color)
-        path = self._tex_dir / f'tex_{os.getpid()}_{id(self)}_{self._tex_count}.png'
-        self._tex_count += 1
-        cv2.imwrite(str(path), cv2.cvtColor(tex, cv2.COLOR_RGB2BGR))
-        return self._p.loadTexture(str(path), physicsClientId=self._client)
-
-    def _body(self, label: int, shape: str, dims: Sequence[float], pos: Vec3, yaw: float,
-              texture: Optional[int], rgba: Sequence[float], static: bool = True) -> int:
-        p = self._p
-        if shape == 'box':
-            vis = p.createVisualShape(p.GEOM_BOX, halfExtents=list(dims), rgbaColor=list(rgba),
-                                      physicsClientId=self._client)
-        elif shape == 'cylinder':
-            vis = p.createVisualShape(p.GEOM_CYLINDER, radius=dims[0], length=dims[1],
-                                      rgbaColor=list(rgba), physicsClientId=self._client)
-        elif shape == 'sphere':
-            vis = p.createVisualShape(p.GEOM_SPHERE, radius=dims[0], rgbaColor=list(rgba),
-                                      physicsClientId=self._client)
-        else:
-            raise ValueError(f'unknown shape {shape!r}')
-        body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=vis, basePosition=list(pos),
-                                 baseOrientation=p.getQuaternionFromEuler([0, 0, yaw]),
-                                 physicsClientId=self._client)
-        if texture is not None:
-            p.changeVisualShape(body, -1, textureUniqueId=texture, rgbaColor=list(rgba),
-                                physicsClientId=self._client)
-        self._labels[body] = label
-        if static:
-            self.static_bodies.append(body)
-        return body
-
-    def _quad_flat(self, s0: float, s1: float, lat0: float, lat1: float, z: float) -> np.ndarray:
-        """Corners of a horizontal quad between arc lengths s0..s1 and laterals lat0 < lat1."""
-        pts = [self.path.at(s0, lat0), self.path.at(s1, lat0), self.path.at(s1, lat1),
-               self.path.at(s0, lat1)]
-        return np.array([[x, y, z] for x, y, _ in pts])
-
-    def _quad_kerb(self, s0: float, s1: float, lat: float, z: float, facing: int) -> np.ndarray:
-        """Corners of a vertical kerb face at a lateral, facing left (+1) or right (-1)."""
-        (x0, y0, _), (x1, y1, _) = self.path.at(s0, lat), self.path.at(s1, lat)
-        quad = np.array([[x0, y0, 0.0], [x1, y1, 0.0], [x1, y1, z], [x0, y0, z]])
-        return quad if facing < 0 else quad[::-1].copy()
-
-    def _mesh(self, label: int, quads: Sequence[np.ndarray], texture: Optional[int],
-              rgba: Sequence[float], chunk: int = 64) -> None:
-        """Static bodies made of textured quads (counter-clockwise seen from the front)."""
-        p = self._p
-        for i in range(0, len(quads), chunk):
-            part = quads[i:i + chunk]
-            if not part:
-                continue
-            verts, idx, uvs, normals = [], [], [], []
-            for q in part:
-                n = np.cross(q[1] - q[0], q[2] - q[0])
-                n = n / (np.linalg.norm(n) + 1e-12)
-                k = len(verts)
-                verts.extend(q.tolist())
-                idx.extend([k, k + 1, k + 2, k, k + 2, k + 3])
-                uvs.extend([[0, 0], [1, 0], [1, 1], [0, 1]])
-                normals.extend([n.tolist()] * 4)
-            vis = p.createVisualShape(p.GEOM_MESH, vertices=verts, indices=idx, uvs=uvs,
-                                      normals=normals, rgbaColor=list(rgba),
-                                      physicsClientId=self._client)
-            body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=vis,
-                                     physicsClientId=self._client)
-            if texture is not None:
-                p.changeVisualShape(body, -1, textureUniqueId=texture, rgbaColor=list(rgba),
-                                    physicsClientId=self._client)
-            self._labels[body] = label
-            self.static_bodies.append(body)
-
-    def _pick(self, cls: str) -> tuple[Optional[int], list[float]]:
-        """A texture and a tint for a class, from this sequence's style."""
-        rng = self.rng
-        tex = self.style.textures[cls][int(rng.integers(len(self.style.textures[cls])))]
-        tint = rng.uniform(0.8, 1.0, 3).tolist() + [1.0]
-        return tex, tint
-
-    # ---- the scene ----
-    def _build(self) -> None:
-        rng = self.rng
-        self.speed = float(rng.uniform(3.0, 8.5))                 # camera speed [m/s]
-        self.duration = self.frames / FPS
-        travel = self.speed * self.duration
-        self.cam_s0 = 15.0
-        lanes = int(rng.choice([1, 2], p=[0.6, 0.4]))            # lanes per direction
-        self.lane_w = 3.4
-        self.road_hw = lanes * self.lane_w
-        self.sidewalk_w = float(rng.uniform(2.0, 4.5))
-        self.cam_lateral = -(self.lane_w * (lanes - 1) + self.lane_w / 2)
-        self.cam_height = float(rng.uniform(1.25, 1.7))
-        self.cam_pitch = math.radians(rng.uniform(-2.5, 0.5))
-        length = self.cam_s0 + travel + 110.0
-        self.path = _Path.random(rng, length)
-        self.s_end = length - 5.0
-
-        # Appearance of this sequence; cars and pedestrians sometimes wear static textures.
-        style = _Style()
-        fam = {
-            'road': ['dark'], 'sidewalk': ['grey', 'beige', 'brick'],
-            'building': ['grey', 'beige', 'brick', 'vivid'], 'wall': ['grey', 'beige', 'brick'],
-            'pole': ['grey', 'dark', 'green'], 'vegetation': ['green'],
-            'terrain': ['grass', 'beige'], 'car': ['vivid', 'grey', 'dark'],
-            'person': ['vivid', 'dark', 'beige'],
-        }
-        kinds = {
-            'road': ['noise'], 'sidewalk': ['checker', 'bricks', 'noise'],
-            'building': ['windows', 'bricks', 'noise', 'stripes', 'plain'],
-            'wall': ['bricks', 'noise', 'plain', 'stripes'], 'pole': ['plain', 'noise', 'stripes'],
-            'vegetation': ['leaves'], 'terrain': ['noise', 'leaves'],
-            'car': ['plain', 'noise', 'stripes', 'windows'],
-            'person': ['plain', 'noise', 'stripes', 'checker'],
-        }
-        for cls in fam:
-            n = 1 if cls in ('road', 'terrain') else int(rng.integers(2, 4))
-            style.textures[cls] = []
-            for _ in range(n):
-                color = _color(rng, str(rng.choice(fam[cls])))
-                style.textures[cls].append(self._load_texture(str(rng.choice(kinds[cls])), color))
-        share = float(rng.uniform(0.5, 0.9))
-        for cls, donors in (('car', ('building', 'wall')),
-                            ('person', ('pole', 'vegetation', 'building'))):
-            for d in donors:
-                if rng.random() < share:
-                    style.textures[cls].extend(style.textures[d])
-        self.style = style
-
-        lid = LABEL_IDS
-        # Side street: an intersection ahead of the camera's last position.
-        self.cross_s = None
-        self.cross_hw = 0.0
-        cam_end = self.cam_s0 + travel
-        if rng.random() < 0.5:
-            self.cross_s = float(cam_end + rng.uniform(14, 45))
-            self.cross_hw = float(rng.uniform(3.0, 6.0))
-
-        def in_cross(s: float, margin: float) -> bool:
-            return self.cross_s is not None and abs(s - self.cross_s) < self.cross_hw + margin
-
-        # Ground surfaces as textured quads (one per 4 m of road; only the faces one can see).
-        seg = 4.0
-        kerb = float(rng.uniform(0.08, 0.18))
-        edge = self.road_hw + self.sidewalk_w
-        road_q: list[np.ndarray] = []
-        mark_q: list[np.ndarray] = []
-        walk_q: dict[int, list[np.ndarray]] = {-1: [], 1: []}
-        grass_q: dict[int, list[np.ndarray]] = {-1: [], 1: []}
-        s = self.cam_s0 - seg          # nothing behind the camera is ever in view
-        while s < self.s_end:
-            s1 = s + seg
-            crossing = in_cross(s + seg / 2, seg / 2)
-            if not crossing:
-                road_q.append(self._quad_flat(s, s1 + 0.05, -self.road_hw, self.road_hw, 0.01))
-                if int(s / seg) % 2 == 0:
-                    for lane in range(-lanes + 1, lanes):
-                        lat = lane * self.lane_w
-                        mark_q.append(self._quad_flat(s, s + seg / 2, lat - 0.07, lat + 0.07,
-                                                      0.015))
-            if not in_cross(s + seg / 2, seg / 2 + 0.5):
-                for side in (-1, 1):
-                    lo, hi = sorted((side * self.road_hw, side * edge))
-                    walk_q[side].append(self._quad_flat(s, s1 + 0.05, lo, hi, kerb))
-                    walk_q[side].append(self._quad_kerb(s, s1 + 0.05, side * self.road_hw, kerb,
-                                                        -side))
-                    lo, hi = sorted((side * edge, side * (edge + 70)))
-                    grass_q[side].append(self._quad_flat(s, s1 + 0.05, lo, hi, 0.0))
-            s = s1
-        tex, tint = self._pick('road')
-        self._mesh(lid['road'], road_q, tex, tint)
-        mark = float(rng.uniform(0.75, 0.95))
-        self._mesh(lid['road'], mark_q, None, [mark, mark, mark, 1])
-        for side in (-1, 1):
-            tex, tint = self._pick('sidewalk')
-            self._mesh(lid['sidewalk'], walk_q[side], tex, tint)
-            tex, tint = self._pick('terrain')
-            self._mesh(lid['terrain'], grass_q[side], tex, tint)
-        if self.cross_s is not None:
-            tex, tint = self._pick('road')
-            x, y, h = self.path.at(self.cross_s)
-            c, sn = math.cos(h), math.sin(h)
-            corners = [(-self.cross_hw, -70), (self.cross_hw, -70), (self.cross_hw, 70),
-                       (-self.cross_hw, 70)]
-            quad = np.array([[x + c * a - sn * b, y + sn * a + c * b, 0.012] for a, b in corners])
-            self._mesh(lid['road'], [quad], tex, tint)
-
-        # Road side: buildings, walls, vegetation, poles.
-        for side in (-1, 1):
-            s = self.cam_s0 - float(rng.uniform(5, 15))
-            while s < self.s_end:
-                kind = rng.choice(['building', 'trees', 'wall', 'open'],
-                                  p=[0.62, 0.18, 0.12, 0.08])
-                width = float(rng.uniform(6, 22))
-                mid = s + width / 2
-                if in_cross(mid, width / 2 + 1):
-                    s += width
-                    continue
-                if kind == 'building':
-                    setback = float(rng.uniform(0.0, 3.0))
-                    depth = float(rng.uniform(8, 16))
-                    height = float(rng.uniform(5, 26))
-                    x, y, h = self.path.at(mid, side * (edge + setback + depth / 2))
-                    tex, tint = self._pick('building')
-                    self._body(lid['building'], 'box', (width / 2, depth / 2, height / 2),
-                               (x, y, height / 2), h, tex, tint)
-                elif kind == 'wall':
-                    hw = float(rng.uniform(0.6, 2.6))
-                    x, y, h = self.path.at(mid, side * (edge + 0.5))
-                    tex, tint = self._pick('wall')
-                    self._body(lid['wall'], 'box', (width / 2, 0.15, hw / 2), (x, y, hw / 2), h,
-                               tex, tint)
-                    if rng.random() < 0.7:
-                        self._tree(mid, side * (edge + rng.uniform(3, 8)))
-                elif kind == 'trees':
-                    for _ in range(int(rng.integers(1, 4))):
-                        self._tree(mid + rng.uniform(-width / 2, width / 2),
-                                   side * (edge + rng.uniform(1.0, 8.0)))
-                    if rng.random() < 0.4:
-                        hh = float(rng.uniform(0.6, 1.5))
-                        x, y, h = self.path.at(mid, side * (edge + 0.8))
-                        tex, tint = self._pick('vegetation')
-                        self._body(lid['vegetation'], 'box', (width / 2, 0.5, hh / 2),
-                                   (x, y, hh / 2), h, tex, tint)
-                s += width + float(rng.uniform(0, 4))
-            # Poles near the kerb, street trees on the sidewalk.
-            s = self.cam_s0 + float(rng.uniform(-5, 10))
-            gap = float(rng.uniform(12, 30))
-            while s < self.s_end:
-                if not in_cross(s, 1.5):
-                    height = float(rng.uniform(3.5, 8.0))
-                    radius = float(rng.uniform(0.07, 0.16))
-                    x, y, h = self.path.at(s, side * (self.road_hw + 0.5))
-                    tex, tint = self._pick('pole')
-                    self._body(lid['pole'], 'cylinder', (radius, height), (x, y, height / 2), h,
-                               tex, tint)
-                    if rng.random() < 0.3:
-                        self._tree(s + gap / 2, side * (self.road_hw + self.sidewalk_w * 0.6))
-                s += gap * float(rng.uniform(0.8, 1.2))
-
-        self._add_movers(lanes, cam_end)
-
-    def _tree(self, s: float, lateral: float) -> None:
-        rng = self.rng
-        lid = LABEL_IDS['vegetation']
-        trunk_h = float(rng.uniform(1.5, 3.5))
-        x, y, h = self.path.at(s, lateral)
-        tex, tint = self._pick('vegetation')
-        self._body(lid, 'cylinder', (float(rng.uniform(0.1, 0.25)), trunk_h), (x, y, trunk_h / 2),
-                   h, self._pick('pole')[0] if rng.random() < 0.5 else tex, tint)
-        r = float(rng.uniform(1.2, 3.0))
-        self._body(lid, 'sphere', (r,), (x, y, trunk_h + r * 0.8), h, tex, tint)
-
-    # ---- moving objects ----
-    def _car(self, trajectory: Callable[[float], tuple[float, float, float]]) -> None:
-        rng = self.rng
-        length = float(rng.uniform(3.6, 5.6))
-        width = float(rng.uniform(1.6, 2.1))
-        body_h = float(rng.uniform(0.6, 1.1))
-        cabin_h = float(rng.uniform(0.45, 1.2))
-        clearance = 0.25
-        tex, tint = self._pick('car')
-        lid = LABEL_IDS['car']
-        parts = []
-        b = self._body(lid, 'box', (length / 2, width / 2, body_h / 2), (0, 0, -50), 0, tex, tint,
-                       static=False)
-        parts.append((b, (0.0, 0.0, clearance + body_h / 2)))
-        cabin_l = length * float(rng.uniform(0.45, 0.75))
-        tex2, _ = self._pick('car') if rng.random() < 0.3 else (tex, None)
-        glass = rng.uniform(0.3, 0.9) if rng.random() < 0.5 else 1.0
-        b = self._body(lid, 'box', (cabin_l / 2, width / 2 - 0.08, cabin_h / 2), (0, 0, -50), 0,
-                       tex2, [glass * c for c in tint[:3]] + [1.0], static=False)
-        parts.append((b, (-length * 0.08, 0.0, clearance + body_h + cabin_h / 2)))
-        for fx in (-1, 1):
-            for fy in (-1, 1):
-                b = self._body(lid, 'box', (0.32, 0.12, 0.32), (0, 0, -50), 0, None,
-                               [0.08, 0.08, 0.08, 1], static=False)
-                parts.append((b, (fx * length * 0.33, fy * (width / 2 - 0.1), 0.32)))
-        self.movers.append(_Mover(lid, parts, trajectory))
-
-    def _person(self, trajectory: Callable[[float], tuple[float, float, float]],
-                walking: bool = True) -> None:
-        rng = self.rng
-        height = float(rng.uniform(1.5, 1.95))
-        girth = float(rng.uniform(0.8, 1.3))
-        leg_h = height * 0.47
-        torso_h = height * 0.36
-        head_r = height * 0.065
-        lid = LABEL_IDS['person']
-        tex, tint = self._pick('person')
-        pants = self._pick('person') if rng.random() < 0.7 else (None, [0.15, 0.15, 0.2, 1])
-        skin = [float(v) for v in rng.uniform(0.35, 0.95) * np.array([1.0, 0.8, 0.65])] + [1]
-        parts = []
-        b = self._body(lid, 'box', (0.12 * girth, 0.22 * girth, torso_h / 2), (0, 0, -50), 0, tex,
-                       tint, static=False)
-        parts.append((b, (0.0, 0.0, leg_h + torso_h / 2)))
-        b = self._body(lid, 'sphere', (head_r,), (0, 0, -50), 0, None, skin, static=False)
-        parts.append((b, (0.0, 0.0, leg_h + torso_h + head_r)))
-        legs = []
-        for fy in (-1, 1):
-            b = self._body(lid, 'box', (0.08 * girth, 0.08 * girth, leg_h / 2), (0, 0, -50), 0,
-                           pants[0], pants[1], static=False)
-            legs.append(len(parts))
-            parts.append((b, (0.0, fy * 0.1 * girth, leg_h / 2)))
-        self.movers.append(_Mover(lid, parts, trajectory, gait=0.18 if walking else 0.0,
-                                  legs=tuple(legs), phase=float(rng.uniform(0, 2 * math.pi))))
-
-    def _add_movers(self, lanes: int, cam_end: float) -> None:
-        rng = self.rng
-        path = self.path
-        v_cam = self.speed
-        dur = self.duration
-        lane_w = self.lane_w
-
-        def along(s0: float, v: float, lateral: float, back: bool = False) -> Callable:
-            def traj(t: float) -> tuple[float, float, float]:
-                x, y, h = path.at(s0 + v * t, lateral)
-                return x, y, h + (math.pi if back else 0.0)
-            return traj
-
-        def across(s: float, u0: float, v: float) -> Callable:
-            x0, y0, h = path.at(s)
-
-            def traj(t: float) -> tuple[float, float, float]:
-                u = u0 + v * t
-                return (x0 - math.sin(h) * u, y0 + math.cos(h) * u,
-                        h + math.copysign(math.pi / 2, v))
-            return traj
-
-        n_cars = int(rng.integers(3, 10))
-        for _ in range(n_cars):
-            kind = rng.choice(['same', 'oncoming', 'crossing'], p=[0.4, 0.45, 0.15])
-            if kind == 'crossing' and self.cross_s is None:
-                kind = 'oncoming'
-            if kind == 'same':
-                lane = int(rng.integers(lanes))
-                lateral = -(lane * lane_w + lane_w / 2)
-                v = float(rng.uniform(0.3, 1.5)) * v_cam
-                if abs(lateral - self.cam_lateral) < 0.1:
-                    # Same lane: stays ahead of the camera by at least 8 m all along.
-                    v = max(v, v_cam * 0.75)
-                    gap0 = float(rng.uniform(10, 40))
-                    gap0 = max(gap0, 8 + (v_cam - v) * dur)
-                    s0 = self.cam_s0 + gap0
-                else:
-                    s0 = self.cam_s0 + float(rng.uniform(-5, 50)) + (v_cam - v) * dur * 0.5
-                self._car(along(s0, v, lateral + float(rng.uniform(-0.3, 0.3))))
-            elif kind == 'oncoming':
-                lane = int(rng.integers(lanes))
-                lateral = lane * lane_w + lane_w / 2 + float(rng.uniform(-0.3, 0.3))
-                v = float(rng.uniform(4, 14))
-                s_meet = self.cam_s0 + v_cam * dur * float(rng.uniform(0.2, 1.5))
-                s0 = s_meet + v * dur * float(rng.uniform(0.3, 1.5)) + 10
-                self._car(along(s0, -v, lateral, back=True))
-            else:
-                v = float(rng.uniform(4, 12)) * rng.choice([-1, 1])
-                lane_off = (self.cross_hw / 2) * (-1 if v > 0 else 1)
-                u_mid = float(rng.uniform(-15, 15))
-                s = self.cross_s + lane_off
-                self._car(across(s, u_mid - v * dur / 2, v))
-
-        n_people = int(rng.integers(3, 10))
-        edge = self.road_hw
-        for _ in range(n_people):
-            kind = rng.choice(['sidewalk', 'crossing', 'standing'], p=[0.5, 0.4, 0.1])
-            side = float(rng.choice([-1, 1]))
-            lateral = side * (edge + float(rng.uniform(0.6, self.sidewalk_w - 0.4)))
-            if kind == 'sidewalk':
-                v = float(rng.uniform(0.8, 2.2)) * rng.choice([-1, 1])
-                s0 = (self.cam_s0 + float(rng.uniform(5, 60))
-                      + v_cam * dur * float(rng.uniform(0, 1)))
-                self._person(along(s0, v, lateral, back=v < 0))
-            elif kind == 'crossing':
-                v = float(rng.uniform(0.9, 2.0)) * rng.choice([-1, 1])
-                if self.cross_s is not None and rng.random() < 0.5:
-                    s = self.cross_s - self.cross_hw - float(rng.uniform(1, 3))
-                else:
-                    s = cam_end + float(rng.uniform(8, 40))
-                u_mid = float(rng.uniform(-edge, edge))
-                self._person(across(s, u_mid - v * dur / 2, v))
-            else:
-                s0 = self.cam_s0 + float(rng.uniform(6, 50)) + v_cam * dur
-                yaw = float(rng.uniform(-math.pi, math.pi))
-                x, y, _ = path.at(s0, lateral)
-                self._person(lambda t, x=x, y=y, yaw=yaw: (x, y, yaw), walking=False)
-
-        # Render-time appearance.
-        self.light_dir = [float(v) for v in (rng.uniform(-1, 1), rng.uniform(-1, 1),
-                                             rng.uniform(0.4, 1.5))]
-        self.light_color = [float(v) for v in rng.uniform(0.85, 1.0, 3)]
-        self.ambient = float(rng.uniform(0.45, 0.7))
-        self.diffuse = float(rng.uniform(0.3, 0.55))
-        self.shadow = 0      # shadows double TinyRenderer's cost
-        top = _color(rng, 'grey') if rng.random() < 0.35 else np.array(
-            [rng.uniform(60, 140), rng.uniform(110, 180), rng.uniform(180, 250)])
-        self.sky_top = top
-        self.sky_horizon = np.clip(top + rng.uniform(20, 80), 0, 255)
-        self.gain = float(rng.uniform(0.8, 1.2))
-        self.noise_sigma = float(rng.uniform(1.0, 5.0))
-        self.blur = bool(rng.random() < 0.3)
-        self.shake = float(rng.uniform(0.0, 0.25))      # camera pitch jitter [deg]
-        self._sky_img: Optional[np.ndarray] = None
-        self._lut = np.full(max(self._labels) + 2, LABEL_IDS['sky'], np.uint8)
-        for body, label in self._labels.items():
-            self._lut[body + 1] = label
-
-    # ---- per frame ----
-    def time(self, frame: int) -> float:
-        """Time of a frame in seconds."""
-        return frame / FPS
-
-    def camera_pose(self, frame: int) -> tuple[Vec3, float, float]:
-        """(eye position, yaw, pitch) of the camera at a frame."""
-        t = self.time(frame)
-        s = self.cam_s0 + self.speed * t
-        x, y, h = self.path.at(s, self.cam_lateral)
-        jitter = np.random.default_rng([self._frame_seed, frame]).normal(0, 1, 2)
-        pitch = self.cam_pitch + math.radians(self.shake * jitter[0])
-        yaw = h + math.radians(0.15 * jitter[1])
-        return (x, y, self.cam_height), yaw, pitch
-
-    def place(self, frame: int) -> None:
-        """Move every moving object to where it is at a frame."""
-        p = self._p
-        t = self.time(frame)
-        for m in self.movers:
-            x, y, yaw = m.pose(t)
-            c, s = math.cos(yaw), math.sin(yaw)
-            quat = p.getQuaternionFromEuler([0, 0, yaw])
-            swing = m.gait * math.sin(2 * math.pi * 1.8 * t + m.phase) if m.gait else 0.0
-            for i, (body, (ox, oy, oz)) in enumerate(m.parts):
-                if m.legs and i in m.legs:
-                    ox += swing if i == m.legs[0] else -swing
-                p.resetBasePositionAndOrientation(
-                    body, [x + c * ox - s * oy, y + s * ox + c * oy, oz], quat,
-                    physicsClientId=self._client)
-
-    def render(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """Render a frame.
-
-        Args:
-            frame: frame index (0-based).
-
-        Returns:
-            (rgb, labels): (H, W, 3) uint8 RGB image and (H, W) uint8 Cityscapes label ids.
-        """
-        p = self._p
-        if not 0 <= frame < self.frames:
-            raise ValueError(f'frame must be in [0, {self.frames}), got {frame}')
-        self.place(frame)
-        (ex, ey, ez), yaw, pitch = self.camera_pose(frame)
-        fwd = (math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch))
-        view = p.computeViewMatrix([ex, ey, ez], [ex + fwd[0], ey + fwd[1], ez + fwd[2]],
-                                   [0, 0, 1], physicsClientId=self._client)
-        aspect = self.width / self.height
-        vfov = math.degrees(2 * math.atan(math.tan(math.radians(_HFOV_DEG / 2)) / aspect))
-        proj = p.computeProjectionMatrixFOV(vfov, aspect, 0.1, 400.0,
-                                            physicsClientId=self._client)
-        _, _, rgba, _, seg = p.getCameraImage(
-            self.width, self.height, view, proj, renderer=p.ER_TINY_RENDERER,
-            lightDirection=self.light_dir, lightColor=self.light_color,
-            lightAmbientCoeff=self.ambient, lightDiffuseCoeff=self.diffuse,
-            lightSpecularCoeff=0.05, shadow=self.shadow, physicsClientId=self._client)
-        rgba = np.asarray(rgba, np.uint8).reshape(self.height, self.width, 4)
-        seg = np.asarray(seg).reshape(self.height, self.width)
-        labels = self._lut[np.clip(seg, -1, len(self._lut) - 2) + 1]
-        if self._sky_img is None:
-            ramp = np.linspace(0, 1, self.height, dtype=np.float32)[:, None, None]
-            grad = self.sky_top[None, None] * (1 - ramp) + self.sky_horizon[None, None] * ramp
-            self._sky_img = np.ascontiguousarray(
-                np.broadcast_to(grad, (self.height, self.width, 3))).astype(np.float32)
-        img = np.where((seg < 0)[..., None], self._sky_img, rgba[..., :3].astype(np.float32))
-        noise_rng = np.random.default_rng([self._frame_seed, frame, 1])
-        noise = noise_rng.standard_normal(img.shape, dtype=np.float32)
-        noise *= self.noise_sigma
-        img *= self.gain
-        img += noise
-        img = img.clip(0, 255, out=img).astype(np.uint8)
-        if self.blur:
-            img = cv2.GaussianBlur(img, (3, 3), 0.6)
-        return img, labels
-
-
-# --------------------------------------------------------------------------------------------
-# Writing a dataset
-# --------------------------------------------------------------------------------------------
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` (e.g. ``512x256``) into (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise ValueError(f'size must look like WxH (e.g. 512x256), got {text!r}') from None
-    if w < 16 or h < 16:
-        raise ValueError(f'size must be at least 16x16, got {text!r}')
-    return w, h
+from flow2seg_ros.cli import cli_main, parse_size, size_arg
+from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, write_flow_png
+from flow2seg_ros.data.synth_flow import ground_truth_flow, RenderedFrame
+from flow2seg_ros.data.synth_scene import SynthSequence
+from flow2seg_ros.data.synth_world import FPS, LABEL_IDS, MOVING_LABEL_IDS
+
+__all__ = ['FLOW_FORMAT', 'FLOW_SUFFIX', 'FPS', 'LABEL_IDS', 'MOVING_LABEL_IDS', 'MOVING_SUFFIX',
+           'RenderedFrame', 'SynthSequence', 'generate', 'get_args_parser', 'ground_truth_flow',
+           'main', 'parse_size']
+
+#: How the flow files are stored (recorded in sequence_info.json).
+FLOW_FORMAT = 'kitti_png: R=u, G=v as value*64+2**15, B=valid; current -> previous frame'
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -779,7 +83,8 @@ def _update_info(out: Path, split: str, entry: dict) -> None:
 
 
 def generate(out: str | Path, *, sequences: int, frames: int, size: tuple[int, int] = (512, 256),
-             seed: int, split: str, annotate: str = 'all', progress: bool = True) -> dict:
+             seed: int, split: str, annotate: str = 'all', flow: bool = True,
+             progress: bool = True) -> dict:
     """Generate synthetic street sequences in Cityscapes' layout.
 
     Args:
@@ -811,38 +116,46 @@ def generate(out: str | Path, *, sequences: int, frames: int, size: tuple[int, i
     city = f'synth{int(seed)}'
     img_dir = out / 'leftImg8bit_sequence' / split / city
     lbl_dir = out / 'gtFine' / split / city
+    flow_dir = out / 'flow' / split / city
     img_dir.mkdir(parents=True, exist_ok=True)
     lbl_dir.mkdir(parents=True, exist_ok=True)
+    if flow:
+        flow_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    written = 0
+    flow_seconds = 0.0
+    written = flows = 0
     with tempfile.TemporaryDirectory(prefix='flow2seg_synth_') as tex_dir, \
             tqdm(total=sequences * frames, desc=f'synth {split}', unit='frame',
                  disable=not progress) as bar:
         for seq in range(sequences):
             with SynthSequence([int(seed), seq], frames, (width, height), tex_dir) as scene:
+                prev: Optional[RenderedFrame] = None
                 for frame in range(frames):
-                    rgb, labels = scene.render(frame)
+                    cur = scene.render_frame(frame)
                     stem = f'{city}_{seq:06d}_{frame:06d}'
-                    _write_png(img_dir / f'{stem}_leftImg8bit.png', rgb)
+                    _write_png(img_dir / f'{stem}_leftImg8bit.png', cur.rgb)
                     if annotate == 'all' or frame == frames - 1:
-                        _write_png(lbl_dir / f'{stem}_gtFine_labelIds.png', labels)
+                        _write_png(lbl_dir / f'{stem}_gtFine_labelIds.png', cur.labels)
+                    if flow and prev is not None:
+                        tf = time.perf_counter()
+                        uv, valid, moving = ground_truth_flow(prev, cur)
+                        write_flow_png(flow_dir / f'{stem}{FLOW_SUFFIX}', uv, valid)
+                        _write_png(flow_dir / f'{stem}{MOVING_SUFFIX}', moving.astype(np.uint8))
+                        flow_seconds += time.perf_counter() - tf
+                        flows += 1
+                    prev = cur
                     written += 1
                     bar.update(1)
     seconds = time.perf_counter() - t0
     entry = {'city': city, 'sequences': sequences, 'frames': frames, 'size': [width, height],
              'seed': int(seed), 'annotate': annotate,
-             'label_ids': sorted(set(LABEL_IDS.values()))}
+             'label_ids': sorted(set(LABEL_IDS.values())), 'flow': bool(flow)}
+    if flow:
+        entry['flow_format'] = FLOW_FORMAT
     _update_info(out, split, entry)
-    return {'city': city, 'fps': FPS, 'frames': written, 'seconds': seconds,
-            'ms_per_frame': 1000.0 * seconds / max(written, 1)}
-
-
-def _size_arg(text: str) -> tuple[int, int]:
-    """:func:`parse_size` for argparse: its message becomes the command line's error."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return {'city': city, 'fps': FPS, 'frames': written, 'flow_frames': flows,
+            'seconds': seconds, 'ms_per_frame': 1000.0 * seconds / max(written, 1),
+            'flow_ms_per_frame': 1000.0 * flow_seconds / max(flows, 1)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -853,11 +166,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', required=True, help='dataset root to write')
     parser.add_argument('--sequences', type=int, default=20, help='number of sequences')
     parser.add_argument('--frames', type=int, default=30, help='frames per sequence')
-    parser.add_argument('--size', type=_size_arg, default=(512, 256), help='WxH (512x256)')
+    parser.add_argument('--size', type=size_arg(16), default=(512, 256), help='WxH (512x256)')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--split', default='train', help='split folder name (train, val, ...)')
     parser.add_argument('--annotate', choices=('all', 'last'), default='all',
                         help='label every frame, or only the last of each sequence')
+    parser.add_argument('--no-flow', action='store_true',
+                        help='do not write the ground-truth flow and moving-object masks')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return parser
 
@@ -874,16 +189,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         summary = generate(args.out, sequences=args.sequences, frames=args.frames,
                            size=args.size, seed=args.seed, split=args.split,
-                           annotate=args.annotate, progress=not args.no_progress)
-    except (OSError, ValueError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 2
-    print(f"wrote {summary['frames']} frames of {summary['city']} to {args.out} "
-          f"({summary['ms_per_frame']:.1f} ms/frame, camera rate {FPS:g} fps)")
-    return 0
+                           annotate=args.annotate, flow=not args.no_flow,
+                           progress=not args.no_progress)
+        flow_note = (f", {summary['flow_frames']} flow maps at "
+                     f"{summary['flow_ms_per_frame']:.1f} ms each"
+                     if summary['flow_frames'] else '')
+        print(f"wrote {summary['frames']} frames of {summary['city']} to {args.out} "
+              f"({summary['ms_per_frame']:.1f} ms/frame{flow_note}, camera rate {FPS:g} fps)")
+
+    return cli_main(parser.prog, run)
 
 
 if __name__ == '__main__':
