@@ -45,7 +45,7 @@ def test_demo_refuses_a_missing_weights_file(tmp_path, capsys):
 
 
 def test_dds_environment_keeps_traffic_local_and_respects_a_user_profile():
-    from flow2seg_ros.replay import dds_environment, FASTDDS_PROFILE
+    from flow2seg_ros.dds import dds_environment, FASTDDS_PROFILE
 
     env = dds_environment(17, base={'PATH': '/bin'})
     assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
