@@ -23,6 +23,16 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from flow2seg_ros import weights
+from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.cli import size_arg
+from flow2seg_ros.data.cityscapes import SequenceDataset
+from flow2seg_ros.data.synth import generate
+from flow2seg_ros.dds import apply_dds_environment, dds_environment
+from flow2seg_ros.metrics import HeadsEvaluator
+from flow2seg_ros.replay import LiveReplay, start_node_process, stop_process
+from flow2seg_ros.visualize import colorize, contact_sheet
+
 __all__ = ['DEMO_SEED', 'get_args_parser', 'run_demo', 'main']
 
 #: Seed of the demo's sequence; training uses 1 and 2, validation 9001 and test 777 (see
@@ -34,17 +44,15 @@ class DemoError(RuntimeError):
     """Something the demo needs is missing or failed; the message says what to do."""
 
 
-def _model_file(weights: Optional[str]) -> tuple[Path, dict[str, Any]]:
-    from flow2seg_ros.weights import bundled_model_path, card_path
-
-    path = Path(weights) if weights else bundled_model_path()
+def _model_file(weights_file: Optional[str]) -> tuple[Path, dict[str, Any]]:
+    path = Path(weights_file) if weights_file else weights.bundled_model_path()
     if not path.is_file():
-        if weights:
+        if weights_file:
             raise DemoError(f'model file not found: {path}')
         raise DemoError(f'no bundled model yet ({path} is missing): train it with '
                         '`flow2seg-train --config config/train_synthetic.yaml`, or run the demo '
                         'with --weights MODEL.safetensors')
-    card_file = card_path(path)
+    card_file = weights.card_path(path)
     if not card_file.is_file():
         raise DemoError(f'model card {card_file} missing beside {path}')
     return path, json.loads(card_file.read_text())
@@ -72,14 +80,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         DemoError: a missing model, a node that does not start, or no output received.
     """
-    from flow2seg_ros.classes import ClassSet
-    from flow2seg_ros.data.cityscapes import SequenceDataset
-    from flow2seg_ros.data.synth import generate
-    from flow2seg_ros.metrics import HeadsEvaluator
-    from flow2seg_ros.replay import (apply_dds_environment, dds_environment, LiveReplay,
-                                     start_node_process, stop_process)
-    from flow2seg_ros.visualize import colorize, contact_sheet
-
     model_path, card = _model_file(args.weights)
     classes = ClassSet.from_dict(card['classes'])
     out = Path(args.out)
@@ -169,13 +169,11 @@ def _pct(value: Optional[float]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command-line options of the demo."""
-    from flow2seg_ros.bench import parse_size
-
     parser = argparse.ArgumentParser(prog='flow2seg-demo', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--weights', default=None, help='model file (default: the bundled one)')
     parser.add_argument('--frames', type=int, default=40, help='frames in the drive')
-    parser.add_argument('--size', type=parse_size, default=(512, 256), help='frame size WxH')
+    parser.add_argument('--size', type=size_arg(), default=(512, 256), help='frame size WxH')
     parser.add_argument('--seed', type=int, default=DEMO_SEED, help='sequence seed')
     parser.add_argument('--rate', type=float, default=0.0,
                         help="camera rate in Hz (0 = the sequence's own rate)")
