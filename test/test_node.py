@@ -339,7 +339,7 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
 
 @pytest.mark.parametrize('params,match', [
     ({'device': 'gpu'}, "device='gpu'"),
-    ({'overlay_alpha': 1.5}, 'overlay_alpha=1.5: must be in'),
+    ({'overlay_alpha': 1.5}, r'overlay_alpha=1.5: overlay alpha must be in \[0, 1\]'),
     ({'input_transport': 'udp'}, 'input_transport'),
     ({'image_reliability': 'sometimes'}, 'image_reliability'),
     ({'image_qos_depth': 0}, 'image_qos_depth=0'),

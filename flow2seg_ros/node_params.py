@@ -1,0 +1,283 @@
+"""flow2seg_node's parameters: names, defaults, checks, and the pipeline they describe. No ROS.
+
+:func:`validate_parameters` hands every value the pipeline takes to
+:meth:`flow2seg_ros.pipeline.PipelineConfig.validate` (one definition of what is valid) and
+checks here only what belongs to the node: cameras, input transport and QoS, batching,
+diagnostics. :func:`check_params_files` reads the ``--params-file`` arguments before rclpy
+does, so that a missing or malformed file is reported in one sentence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from flow2seg_ros.pipeline import PipelineConfig
+
+__all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
+           'RUNTIME', 'camera_names', 'check_params_files', 'describe_type_error',
+           'pipeline_config', 'validate_parameters']
+
+NODE_NAME = 'flow2seg_node'
+
+#: whether this PipelineConfig chooses an inference backend (torch / onnxruntime / auto)
+_HAS_BACKEND = 'backend' in {f.name for f in dataclasses.fields(PipelineConfig)}
+
+DEFAULTS: Dict[str, Any] = {
+    'model_path': '',
+    'device': 'auto',
+    'precision': 'fp32',
+    'network_image_width': 0,
+    'network_image_height': 0,
+    'flow_method': '',
+    'flow_preset': '',
+    'overlay_alpha': 0.5,
+    'publish_color_mask': True,
+    'publish_overlay': True,
+    'publish_confidence': False,
+    'publish_flow': False,
+    'input_transport': 'raw',
+    'image_reliability': 'best_effort',
+    'image_qos_depth': 1,
+    'max_frame_gap_s': 0.5,
+    'diagnostics_period_s': 1.0,
+    'cameras': [],
+    'batch_wait_ms': 5.0,
+    'max_batch_size': 0,
+}
+if _HAS_BACKEND:
+    DEFAULTS['backend'] = 'auto'
+
+DESCRIPTIONS = {
+    'model_path': "Flow2Seg .safetensors file with its .json model card; '' = the bundled model.",
+    'device': 'auto (CUDA when present, else CPU), cpu, cuda or cuda:N.',
+    'precision': 'fp32 or fp16 (fp16 on CUDA only).',
+    'network_image_width': "Network input width in pixels; 0 = the model card's.",
+    'network_image_height': "Network input height in pixels; 0 = the model card's.",
+    'flow_method': "Optical flow: dis, farneback, raft_small, raft_large; '' = the card's.",
+    'flow_preset': "Flow preset (DIS: ultrafast/fast/medium); '' = the card's.",
+    'overlay_alpha': 'Weight of the colour mask in ~/overlay, 0..1.',
+    'publish_color_mask': 'Publish ~/color_mask (rgb8).',
+    'publish_overlay': 'Publish ~/overlay (rgb8).',
+    'publish_confidence': 'Publish ~/confidence (mono8, 0-255).',
+    'publish_flow': 'Publish ~/flow (rgb8 flow picture).',
+    'input_transport': 'raw (sensor_msgs/Image on image) or compressed (image/compressed).',
+    'image_reliability': 'Input QoS reliability: best_effort (cameras) or reliable.',
+    'image_qos_depth': 'Input QoS history depth (1 = always the newest frame).',
+    'max_frame_gap_s': 'A gap between frame stamps longer than this resets the flow state.',
+    'diagnostics_period_s': 'Period of /diagnostics messages in seconds.',
+    'cameras': 'Camera names; each reads <name>/image and publishes ~/<name>/labels etc. '
+               'Empty = one camera on image with outputs ~/labels etc.',
+    'batch_wait_ms': "Longest wait for other cameras' frames to batch with one that waits "
+                     '(0 = never wait).',
+    'max_batch_size': 'Most frames in one network call (0 = one per camera, 1 = no batches).',
+    'backend': 'Inference backend: auto, torch or onnxruntime.',
+}
+
+#: Parameters that may change while the node runs; every other one requires a restart.
+RUNTIME = ('publish_color_mask', 'publish_overlay', 'publish_confidence', 'publish_flow',
+           'overlay_alpha', 'max_frame_gap_s', 'diagnostics_period_s')
+
+#: output topic -> (pipeline output that feeds it, encoding)
+OPTIONAL_OUTPUTS: Dict[str, Tuple[str, str]] = {
+    'color_mask': ('color_mask', 'rgb8'),
+    'overlay': ('overlay', 'rgb8'),
+    'confidence': ('confidence', 'mono8'),
+    'flow': ('flow_rgb', 'rgb8'),
+}
+
+# parameter -> the PipelineConfig field it sets ('' and 0 mean "the model card's")
+_CONFIG_FIELDS = {
+    'device': 'device',
+    'precision': 'precision',
+    'flow_method': 'flow_method',
+    'overlay_alpha': 'overlay_alpha',
+    'max_frame_gap_s': 'max_gap_s',
+}
+if _HAS_BACKEND:
+    _CONFIG_FIELDS['backend'] = 'backend'
+
+_CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+_TYPE_WORDS = {
+    'BOOL': 'true or false',
+    'INTEGER': 'an integer',
+    'DOUBLE': 'a floating-point number (write 1.0, not 1)',
+    'STRING': 'a string',
+    'STRING_ARRAY': 'a list of strings, e.g. [front, left]',
+}
+
+
+class NodeConfigError(ValueError):
+    """A parameter value the node cannot run with; the message names it and why."""
+
+
+def _config_value(name: str, value: Any) -> Any:
+    if name == 'flow_method':
+        return value or None
+    if name in ('overlay_alpha', 'max_frame_gap_s'):
+        return float(value)
+    return value
+
+
+def validate_parameters(values: Dict[str, Any]) -> List[str]:
+    """Check parameter values; return one message per problem (empty when all are valid).
+
+    Values the pipeline takes are checked by ``PipelineConfig.validate``, one at a time so each
+    message names its parameter.
+
+    Args:
+        values: parameter name -> value; names not given are not checked.
+    """
+    problems: List[str] = []
+
+    def bad(name: str, why: str) -> None:
+        problems.append(f'{name}={values[name]!r}: {why}')
+
+    for name, fld in _CONFIG_FIELDS.items():
+        if name in values:
+            try:
+                PipelineConfig(**{fld: _config_value(name, values[name])}).validate()
+            except ValueError as exc:
+                bad(name, str(exc))
+    if 'network_image_width' in values and 'network_image_height' in values:
+        w, h = int(values['network_image_width']), int(values['network_image_height'])
+        if (w == 0) != (h == 0):
+            problems.append(f'network_image_width={w}, network_image_height={h}: '
+                            "set both or neither (0 = the model card's size)")
+        elif w or h:
+            try:
+                PipelineConfig(input_size=(h, w)).validate()
+            except ValueError as exc:
+                problems.append(f'network_image_width={w}, network_image_height={h}: {exc}')
+    if values.get('model_path') and not os.path.isfile(values['model_path']):
+        bad('model_path', 'no such file')
+    if 'input_transport' in values and values['input_transport'] not in ('raw', 'compressed'):
+        bad('input_transport', 'expected raw or compressed')
+    if ('image_reliability' in values
+            and values['image_reliability'] not in ('best_effort', 'reliable')):
+        bad('image_reliability', 'expected best_effort or reliable')
+    if 'image_qos_depth' in values and int(values['image_qos_depth']) < 1:
+        bad('image_qos_depth', 'must be >= 1')
+    if 'diagnostics_period_s' in values and not float(values['diagnostics_period_s']) > 0.0:
+        bad('diagnostics_period_s', 'must be > 0')
+    if 'batch_wait_ms' in values and not 0.0 <= float(values['batch_wait_ms']) <= 1000.0:
+        bad('batch_wait_ms', 'must be in [0, 1000] ms')
+    if 'max_batch_size' in values and int(values['max_batch_size']) < 0:
+        bad('max_batch_size', 'must be >= 0 (0 = one frame per camera)')
+    if values.get('cameras'):
+        names = list(values['cameras'])
+        wrong = [n for n in names if not _CAMERA_NAME.match(n)]
+        if wrong:
+            bad('cameras', f'names must start with a letter and hold letters, digits and _ '
+                           f'only: {wrong}')
+        elif len(set(names)) != len(names):
+            bad('cameras', 'names must be unique')
+    return problems
+
+
+def camera_names(values: Dict[str, Any]) -> List[str]:
+    """The cameras the parameters name; ``['']`` is the one unnamed camera on ``image``."""
+    return list(values.get('cameras') or [''])
+
+
+def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
+    """Build the :class:`~flow2seg_ros.pipeline.PipelineConfig` the parameters describe.
+
+    Args:
+        values: parameter values keyed like :data:`DEFAULTS`.
+    """
+    width, height = int(values['network_image_width']), int(values['network_image_height'])
+    extra = {'backend': values['backend']} if _HAS_BACKEND and 'backend' in values else {}
+    return PipelineConfig(
+        weights=values['model_path'] or None,
+        device=values['device'],
+        precision=values['precision'],
+        input_size=(height, width) if width and height else None,
+        flow_method=values['flow_method'] or None,
+        flow_preset=values['flow_preset'] or None,
+        overlay_alpha=float(values['overlay_alpha']),
+        max_gap_s=float(values['max_frame_gap_s']),
+        **extra,
+    )
+
+
+def describe_type_error(name: str, value: Any, expected: str) -> str:
+    """One sentence for a parameter given a value of the wrong type.
+
+    Args:
+        name: the parameter.
+        value: the value it was given (None when unknown).
+        expected: rclpy's type name (``DOUBLE``, ``INTEGER``, ...).
+    """
+    want = _TYPE_WORDS.get(expected, expected.lower())
+    given = '' if value is None else f'={value!r}'
+    return f'{name}{given}: expected {want}'
+
+
+def _ros_args(args: Sequence[str]) -> List[str]:
+    """The arguments inside ``--ros-args ... [--]`` sections."""
+    inside, out = False, []
+    for arg in args:
+        if arg == '--ros-args':
+            inside = True
+        elif arg == '--' and inside:
+            inside = False
+        elif inside:
+            out.append(arg)
+    return out
+
+
+def _params_file_problem(path: str) -> Optional[str]:
+    if not os.path.exists(path):
+        return f'params file {path!r}: no such file'
+    if not os.path.isfile(path):
+        return f'params file {path!r}: not a file'
+    try:
+        with open(path, encoding='utf-8') as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        return f'params file {path!r}: cannot read it ({exc.strerror})'
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, 'problem_mark', None)
+        line = f' at line {where.line + 1}' if where is not None else ''
+        what = getattr(exc, 'problem', None) or type(exc).__name__
+        return f'params file {path!r}: not valid YAML{line} ({what})'
+    expected = "expected '<node name>: {ros__parameters: {name: value, ...}}'"
+    if not isinstance(doc, dict) or not doc:
+        return f'params file {path!r}: {expected}'
+
+    def walk(tree: Dict[Any, Any], where: str) -> Optional[str]:
+        for key, value in tree.items():
+            if key == 'ros__parameters':
+                if not isinstance(value, dict):
+                    return f'params file {path!r}: {where}ros__parameters is not a mapping'
+            elif not isinstance(value, dict):
+                return f'params file {path!r}: {where}{key} has no ros__parameters; {expected}'
+            else:
+                problem = walk(value, f'{where}{key}.')
+                if problem:
+                    return problem
+        return None
+
+    return walk(doc, '')
+
+
+def check_params_files(args: Sequence[str]) -> Optional[str]:
+    """One sentence about the first ``--params-file`` that rclpy could not read, else None.
+
+    Args:
+        args: the command line (``sys.argv`` or what is passed to ``rclpy.init``).
+    """
+    ros = _ros_args(args)
+    for i, arg in enumerate(ros):
+        if arg == '--params-file':
+            if i + 1 >= len(ros):
+                return '--params-file needs a file name'
+            problem = _params_file_problem(ros[i + 1])
+            if problem:
+                return problem
+    return None
