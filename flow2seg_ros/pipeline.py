@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
 from flow2seg_ros.models import HEADS
@@ -54,7 +55,7 @@ __all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'PreparedFr
 log = logging.getLogger(__name__)
 
 OUTPUTS = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
-PRECISIONS = ('fp32', 'fp16')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
 
 
 @dataclass
@@ -64,7 +65,8 @@ class PipelineConfig:
     Args:
         weights: model file (.safetensors with its .json card); None = the bundled model.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``, or ``fp16`` (autocast on CUDA; falls back to fp32 on the CPU).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (autocast on CUDA; the network stays NCHW;
+            falls back to fp32 on the CPU).
         input_size: network input (height, width); None = the model card's.
         flow_method: flow estimator; None = the model card's (what the model was trained with).
         flow_preset: its preset; None = the model card's.
@@ -72,6 +74,8 @@ class PipelineConfig:
         overlay_alpha: weight of the colour mask in the overlay, 0..1.
         max_gap_s: a longer gap between two frames' stamps resets the flow state.
         threads: torch CPU threads (0 = leave torch's default).
+        cuda_graphs: on CUDA, replay the fixed-shape stages of a frame as CUDA graphs (captured
+            at the first frame of a size); False runs them eagerly.
     """
 
     weights: Optional[str] = None
@@ -84,6 +88,7 @@ class PipelineConfig:
     overlay_alpha: float = 0.5
     max_gap_s: float = 0.5
     threads: int = 0
+    cuda_graphs: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -145,6 +150,8 @@ class PreparedFrame:
             for this frame, else None (a reset, or a model without a flow path).
         flow: (2, h, w) flow in pixels, set by :meth:`FramePipeline.infer` (None without flow).
         timings: per-stage wall times in ms, filled in by each step.
+        device: on CUDA, the frame on the device (:class:`~flow2seg_ros.device_path.
+            DeviceFrame`); None on the CPU.
     """
 
     pipeline: 'FramePipeline'
@@ -155,6 +162,7 @@ class PreparedFrame:
     prev_small: Optional[np.ndarray] = None
     flow: Optional[torch.Tensor] = None
     timings: dict[str, float] = field(default_factory=dict)
+    device: Optional[DeviceFrame] = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -196,9 +204,13 @@ class FramePipeline:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
-        self.fp16 = config.precision == 'fp16' and self.device.type == 'cuda'
-        if config.precision == 'fp16' and not self.fp16:
-            log.warning('precision fp16 needs CUDA; running fp32 on %s', self.device)
+        # --- device path (issue 11): autocast dtype; NCHW kept (channels-last was slower) ---
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.fp16 = self.amp_dtype == torch.float16
+        if config.precision != 'fp32' and self.amp_dtype is None:
+            log.warning('precision %s needs CUDA; running fp32 on %s', config.precision,
+                        self.device)
+        # --- end device path ---
         if model is None:
             model, card = load_model(config.weights, device=str(self.device))
         elif card is None:
@@ -229,6 +241,16 @@ class FramePipeline:
         self.flow_estimator = flow_estimator
         self._prev: Optional[_Frame] = None
         self._pinned: Optional[torch.Tensor] = None  # page-locked upload buffer (CUDA only)
+        # --- device path (issue 11): on CUDA the frame goes up once, outputs come down once ---
+        self.device_path: Optional[DevicePath] = None
+        self._prev_device: Optional[torch.Tensor] = None  # last frame's network-size tensor
+        if self.device.type == 'cuda':
+            self.device_path = DevicePath(self.device, input_size=self.input_size, mean=mean,
+                                          std=std, palette=self.palette,
+                                          overlay_alpha=config.overlay_alpha,
+                                          precision=config.precision,
+                                          graphs=config.cuda_graphs)
+        # --- end device path ---
         self.frames = 0
         self.resets = 0
 
@@ -319,15 +341,23 @@ class FramePipeline:
                     stored.size != prev_rgb.shape[:2]:
                 stored = _Frame(self._small(prev_rgb), float(prev_stamp),
                                 (prev_rgb.shape[0], prev_rgb.shape[1]))
+                self._prev_device = None  # device path: flow from the host frames this time
             self._prev = stored
         reason = self._reset_reason(size, frame.stamp, self._prev)
         if reason is not None and reason != 'first':
             self.resets += 1
             log.info('flow state reset (%s) at stamp %.3f', reason, frame.stamp)
-        frame.small = self._small(rgb)
+        if self.device_path is not None:  # device path: resized on the device
+            frame.device = self.device_path.prepare(rgb)
+            frame.small = self.device_path.small_host(frame.device)
+        else:
+            frame.small = self._small(rgb)
         frame.reset_reason = reason
         if reason is None and self.flow_estimator is not None:
             frame.prev_small = self._prev.small
+            if frame.device is not None:
+                frame.device.prev_small = self._prev_device
+        self._prev_device = None if frame.device is None else frame.device.small
         self._prev = _Frame(frame.small, frame.stamp, size)
         timer.lap('resize')
         return frame
@@ -359,8 +389,12 @@ class FramePipeline:
                                  'one model object')
         for f in frames:
             timer = _Timer(self.device.type == 'cuda', f.timings)
-            if f.prev_small is not None:
-                f.flow = f.pipeline.flow_estimator(f.prev_small, f.small)
+            estimator = f.pipeline.flow_estimator
+            if f.device is not None and f.device.prev_small is not None and \
+                    hasattr(estimator, 'estimate_batch'):  # device path: flow on the device
+                f.flow = estimator.estimate_batch(f.device.prev_small, f.device.small)[0]
+            elif f.prev_small is not None:
+                f.flow = estimator(f.prev_small, f.small)
             timer.lap('flow')
 
         t0 = time.perf_counter()
@@ -371,13 +405,19 @@ class FramePipeline:
         for idx in groups:
             if not idx:
                 continue
-            x = self._network_input([frames[i].small for i in idx])
+            if all(frames[i].device is not None for i in idx):  # device path
+                x = torch.cat([frames[i].device.x for i in idx])
+            else:
+                x = self._network_input([frames[i].small for i in idx])
             flow = None
             if frames[idx[0]].flow is not None:
                 flow = torch.stack([frames[i].flow for i in idx]).to(self.device)
                 flow = scale_flow(flow, self.flow_scale)
-            with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
-                out = self.model(x, flow, heads=heads)
+            if self.device_path is not None:  # device path: a CUDA graph, autocast inside
+                out = self.device_path.network(self.model, x, flow, heads)
+            else:
+                with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
+                    out = self.model(x, flow, heads=heads)
             for j, i in enumerate(idx):
                 outs[i] = {h: v[j:j + 1] for h, v in out.items()}
         if self.device.type == 'cuda':
@@ -410,6 +450,8 @@ class FramePipeline:
         """
         outputs, heads = self._check_outputs_heads(outputs, heads)
         timer = _Timer(self.device.type == 'cuda', frame.timings)
+        if frame.device is not None and frame.pipeline.device_path is not None:
+            return self._finish_on_device(frame, out, outputs, heads, timer)
         want_conf = 'confidence' in outputs
         fused = out['fused']
         if want_conf:
@@ -459,6 +501,22 @@ class FramePipeline:
             result.flow_rgb = up(pic, cv2.INTER_LINEAR)
         timer.lap('colour')
 
+        self.frames += 1
+        result.timings = dict(frame.timings)
+        result.timings['total'] = sum(frame.timings.values())
+        return result
+
+    def _finish_on_device(self, frame: PreparedFrame, out: dict[str, torch.Tensor],
+                          outputs: set[str], heads: tuple[str, ...],
+                          timer: _Timer) -> FrameResult:
+        """Device path of :meth:`finish`: argmax, resizes, pictures on the device, one copy
+        back (stages ``argmax`` and ``resize_back``, the latter holding colour and overlay)."""
+        got = frame.pipeline.device_path.finish(frame.device, out, frame.flow, outputs=outputs,
+                                                heads=heads, lap=timer.lap)
+        result = FrameResult(labels=got['labels'], stamp=frame.stamp, flow=got['flow'],
+                             reset_reason=frame.reset_reason, confidence=got['confidence'],
+                             color_mask=got['color_mask'], overlay=got['overlay'],
+                             flow_rgb=got['flow_rgb'], head_labels=got['head_labels'])
         self.frames += 1
         result.timings = dict(frame.timings)
         result.timings['total'] = sum(frame.timings.values())

@@ -1,0 +1,435 @@
+"""The frame pipeline's device path: on a GPU, a frame goes up once and its outputs come down once.
+
+:class:`~flow2seg_ros.pipeline.FramePipeline` uses a :class:`DevicePath` on CUDA. The camera frame
+is uploaded as it arrived (uint8, camera size, RGB or BGR) through a reused page-locked buffer;
+the resize to the network size, normalisation, network, argmax, labels at camera size, colour
+mask, overlay, confidence and flow picture all run on the device (:mod:`flow2seg_ros.gpu_ops`);
+what is published comes back in one copy into page-locked memory.
+
+Every shape in that work is fixed by the camera and network sizes, so each stage (``pre``:
+resize and normalisation; ``net``: the network; ``argmax``; ``post``: pictures at camera size)
+is captured as a CUDA graph at the first frame of a size and replayed after that
+(:class:`GraphRunner`); a new camera or network size captures again. ``graphs=False`` runs the
+same functions eagerly. On the CPU the same code runs eagerly (the tests use that); the pipeline
+keeps its OpenCV path there, which is faster on a CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+import logging
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from flow2seg_ros import gpu_ops
+
+__all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'PinnedUpload',
+           'PinnedDownload', 'autocast_dtype']
+
+log = logging.getLogger(__name__)
+
+#: Precision -> autocast dtype (None: fp32, no autocast).
+AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision on a device; None = fp32 (always on the CPU).
+
+    Args:
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        device: where the network runs.
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f'precision must be one of {tuple(AUTOCAST_DTYPES)}, got {precision!r}')
+    return AUTOCAST_DTYPES[precision] if device.type == 'cuda' else None
+
+
+class PinnedUpload:
+    """Host frame -> device tensor through one reused host buffer (page-locked on CUDA).
+
+    The buffer is rewritten only after the previous frame's copy out of it has finished (an
+    event recorded after each copy is waited on first), so reuse is safe whatever the caller
+    does between frames. Each call returns a new device tensor (from torch's caching allocator).
+
+    Args:
+        device: where frames go.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._host: Optional[torch.Tensor] = None
+        self._event: Optional[Any] = None
+        self.allocations = 0
+
+    def __call__(self, array: np.ndarray) -> torch.Tensor:
+        dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
+        if self._host is None or tuple(self._host.shape) != array.shape \
+                or self._host.dtype != dtype:
+            if self._event is not None:
+                self._event.synchronize()
+            host = torch.empty(array.shape, dtype=dtype)
+            self._host = host.pin_memory() if self.device.type == 'cuda' else host
+            self.allocations += 1
+        elif self._event is not None:
+            self._event.synchronize()  # the last copy out of the buffer is done
+        np.copyto(self._host.numpy(), array)
+        if self.device.type != 'cuda':
+            return self._host.clone()
+        out = self._host.to(self.device, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+        return out
+
+
+class PinnedDownload:
+    """Device -> host in one copy into page-locked memory (CUDA), as numpy arrays.
+
+    Each call takes a page-locked block from torch's caching host allocator; the returned arrays
+    are views of it and keep it alive, so results of earlier frames are never overwritten, and
+    the block goes back to the cache when they are dropped.
+
+    Args:
+        device: where the data is.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, packed: torch.Tensor) -> np.ndarray:
+        """(n,) uint8 device tensor -> (n,) uint8 numpy array that owns its memory."""
+        if self.device.type != 'cuda':
+            return packed.numpy()
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        event.synchronize()
+        return host.numpy()
+
+
+@dataclass
+class _Captured:
+    graph: Any
+    inputs: list[torch.Tensor]
+    outputs: tuple[torch.Tensor, ...]
+
+
+class GraphRunner:
+    """Runs a stage function as a CUDA graph: captured on its first call per input shape, replayed
+    after that; eager where graphs are off, on the CPU, or where capture failed.
+
+    A stage is named; its key is the shapes and dtypes of its inputs plus a static key (what the
+    function computes, e.g. the heads). A call whose first input has a new shape (a new camera
+    or network size) drops that stage's graphs of the old size and captures again.
+
+    Args:
+        enabled: capture graphs (CUDA only).
+        warmup: eager runs on a side stream before capture (cudnn picks its algorithms there).
+    """
+
+    def __init__(self, enabled: bool = True, warmup: int = 2) -> None:
+        self.enabled = enabled
+        self.warmup = warmup
+        self._graphs: dict[str, dict[tuple, _Captured]] = {}
+        self.failed: dict[str, str] = {}
+        self.captures = 0
+        self.replays = 0
+
+    def clear(self) -> None:
+        """Drop every captured graph (their memory goes back to torch)."""
+        self._graphs.clear()
+
+    def graphs(self, name: Optional[str] = None) -> int:
+        """Number of graphs held (of one stage, or all)."""
+        if name is not None:
+            return len(self._graphs.get(name, {}))
+        return sum(len(v) for v in self._graphs.values())
+
+    def __call__(self, name: str, fn: Callable[..., Sequence[torch.Tensor]],
+                 inputs: Sequence[torch.Tensor], static_key: Any = (), *,
+                 clone: bool = True) -> tuple[torch.Tensor, ...]:
+        """``fn(*inputs)`` as a tuple of tensors, replayed from a graph where possible.
+
+        Args:
+            name: the stage.
+            fn: a function of the inputs only (no host synchronisation, fixed shapes).
+            inputs: device tensors.
+            static_key: anything else that decides what ``fn`` computes.
+            clone: return copies of the graph's outputs (which the next replay overwrites);
+                False for outputs consumed before the stage runs again.
+        """
+        inputs = list(inputs)
+        if not self.enabled or name in self.failed or not inputs or \
+                inputs[0].device.type != 'cuda':
+            return tuple(fn(*inputs))
+        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), static_key)
+        stage = self._graphs.setdefault(name, {})
+        entry = stage.get(key)
+        if entry is None:
+            for old in [k for k in stage if k[0][0] != key[0][0]]:
+                del stage[old]  # a new size: the old size's graphs go
+            try:
+                entry = self._capture(fn, inputs)
+            except Exception as exc:  # capture is an optimisation: run eagerly instead
+                self.failed[name] = f'{type(exc).__name__}: {exc}'
+                log.warning('CUDA graph capture of stage %r failed, running it eagerly: %s',
+                            name, self.failed[name])
+                torch.cuda.synchronize()
+                return tuple(fn(*inputs))
+            stage[key] = entry
+            self.captures += 1
+        else:
+            for static, x in zip(entry.inputs, inputs):
+                static.copy_(x)
+        entry.graph.replay()
+        self.replays += 1
+        return tuple(o.clone() for o in entry.outputs) if clone else entry.outputs
+
+    def _capture(self, fn: Callable[..., Sequence[torch.Tensor]],
+                 inputs: list[torch.Tensor]) -> _Captured:
+        static = [x.clone() for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                fn(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = tuple(fn(*static))
+        return _Captured(graph, static, outputs)
+
+
+@dataclass
+class DeviceFrame:
+    """A frame on the device after :meth:`DevicePath.prepare`.
+
+    Attributes:
+        frame: (H, W, 3) uint8 as the camera sent it.
+        bgr: whether ``frame`` is blue, green, red.
+        small: (1, 3, h, w) float RGB 0..255 at the network size.
+        x: (1, 3, h, w) normalised network input.
+        prev_small: the previous frame's ``small`` when flow is to be computed on the device.
+    """
+
+    frame: torch.Tensor
+    bgr: bool
+    small: torch.Tensor
+    x: torch.Tensor
+    prev_small: Optional[torch.Tensor] = None
+
+
+class DevicePath:
+    """Pre- and post-processing on the device, network calls through CUDA graphs.
+
+    Args:
+        device: the torch device (the pipeline uses this on CUDA only).
+        input_size: network input (h, w).
+        mean: normalisation mean (RGB, 0..1).
+        std: normalisation std.
+        palette: (256, 3) uint8 colour of each label.
+        overlay_alpha: weight of the colour mask in the overlay.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (autocast on CUDA).
+        graphs: capture CUDA graphs (CUDA only; False runs eagerly).
+    """
+
+    def __init__(self, device: torch.device, *, input_size: Sequence[int],
+                 mean: Sequence[float], std: Sequence[float], palette: np.ndarray,
+                 overlay_alpha: float = 0.5, precision: str = 'fp32',
+                 graphs: bool = True) -> None:
+        self.device = device
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.amp_dtype = autocast_dtype(precision, device)
+        self.overlay_alpha = float(overlay_alpha)
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1).to(device)
+        self.shift = (-mean_t / std_t).view(1, 3, 1, 1).float().to(device)
+        self.palette = torch.from_numpy(np.ascontiguousarray(palette, np.uint8)).to(device)
+        self.runner = GraphRunner(enabled=graphs and device.type == 'cuda')
+        self.upload = PinnedUpload(device)
+        self.download = PinnedDownload(device)
+        self._indices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._net_names: dict[tuple, list[str]] = {}
+        if device.type == 'cuda':
+            # fixed shapes: let cudnn time its algorithms once per shape (graph warm-up does it)
+            torch.backends.cudnn.benchmark = True
+
+    # ---- pre: camera frame -> network input ----------------------------------------------
+
+    def _pre(self, bgr: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        def pre(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            small = gpu_ops.resize_to_network(gpu_ops.frame_to_nchw(frame, bgr=bgr),
+                                              self.input_size)
+            return small, gpu_ops.normalise(small, self.scale, self.shift)
+        return pre
+
+    @torch.inference_mode()
+    def prepare(self, rgb: np.ndarray, *, bgr: bool = False) -> DeviceFrame:
+        """Upload a camera frame and make the network input from it, on the device.
+
+        Args:
+            rgb: (H, W, 3) uint8 frame at the camera's size.
+            bgr: its channels are blue, green, red.
+        """
+        frame = self.upload(rgb)
+        small, x = self.runner('pre', self._pre(bgr), (frame,), bgr)
+        return DeviceFrame(frame, bgr, small, x)
+
+    @torch.inference_mode()
+    def small_host(self, frame: DeviceFrame) -> np.ndarray:
+        """The network-size frame as (h, w, 3) uint8 RGB on the host (for host flow methods)."""
+        small = frame.small[0].permute(1, 2, 0).to(torch.uint8).contiguous()
+        return self.download(small.reshape(-1)).reshape(small.shape)
+
+    # ---- the network ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def network(self, model: torch.nn.Module, x: torch.Tensor, flow: Optional[torch.Tensor],
+                heads: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``model(x, flow, heads=heads)`` under the path's precision, replayed as a graph.
+
+        Args:
+            model: the Flow2Seg network.
+            x: (N, 3, h, w) normalised input on the device.
+            flow: (N, 2, h, w) scaled flow or None.
+            heads: heads wanted.
+        """
+        heads = tuple(heads)
+        names: list[str] = []
+        dtype = self.amp_dtype
+
+        def net(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # autocast's cast cache off: graphs and one-shot calls never reuse casts anyway
+            amp = (contextlib.nullcontext() if dtype is None else
+                   torch.autocast(self.device.type, dtype=dtype, cache_enabled=False))
+            with amp:
+                out = model(args[0], args[1] if len(args) > 1 else None, heads=heads)
+            names[:] = list(out)
+            return tuple(out.values())
+
+        inputs = (x,) if flow is None else (x, flow)
+        key = (heads, id(model), str(dtype))
+        values = self.runner('net', net, inputs, key)
+        if not names:  # replayed: the heads are those of the captured call
+            names[:] = self._net_names.get(key, [])
+        self._net_names[key] = list(names)
+        return dict(zip(names, values))
+
+    # ---- post: logits -> published outputs on the host -----------------------------------
+
+    def _index(self, h: int, w: int, big_h: int, big_w: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (h, w, big_h, big_w)
+        if key not in self._indices:
+            self._indices[key] = (
+                torch.from_numpy(gpu_ops.nearest_indices(h, big_h)).to(self.device),
+                torch.from_numpy(gpu_ops.nearest_indices(w, big_w)).to(self.device))
+        return self._indices[key]
+
+    @torch.inference_mode()
+    def finish(self, frame: DeviceFrame, out: dict[str, torch.Tensor],
+               flow: Optional[torch.Tensor], *, outputs: Iterable[str],
+               heads: Iterable[str], lap: Optional[Callable[[str], None]] = None
+               ) -> dict[str, Any]:
+        """Labels, head labels and pictures at the camera's size, downloaded in one copy.
+
+        Args:
+            frame: the frame from :meth:`prepare`.
+            out: ``{head: (1, C, h, w) logits}`` from the network.
+            flow: (2, h, w) flow in pixels or None.
+            outputs: pictures wanted (``color_mask``, ``overlay``, ``confidence``, ``flow_rgb``).
+            heads: heads whose labels are wanted (``fused`` always is).
+            lap: called with a stage name after ``argmax`` and after the rest (timing).
+
+        Returns:
+            ``labels``, ``head_labels`` {head: labels or None}, ``confidence``, ``color_mask``,
+            ``overlay``, ``flow_rgb`` (None where not asked) and ``flow`` ((2, h, w) float32 or
+            None), numpy arrays on the host.
+        """
+        outputs = set(outputs)
+        head_list = [h for h in heads if h != 'fused' and h in out]
+        want_conf = 'confidence' in outputs
+        logits = [out['fused']] + [out[h] for h in head_list]
+
+        def argmax(*ls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            labels, conf = gpu_ops.labels_and_confidence(ls[0], want_conf)
+            rest = [gpu_ops.labels_and_confidence(x, False)[0][0] for x in ls[1:]]
+            return (labels[0],) + tuple(rest) + ((conf[0],) if want_conf else ())
+
+        small = self.runner('argmax', argmax, logits, (want_conf, len(logits)))
+        if lap is not None:
+            lap('argmax')
+        big_h, big_w = frame.frame.shape[:2]
+        h, w = self.input_size
+        rows, cols = self._index(h, w, big_h, big_w)
+        want_color = bool(outputs & {'color_mask', 'overlay'})
+        want_overlay, want_flow_rgb = 'overlay' in outputs, 'flow_rgb' in outputs
+        has_flow = flow is not None
+        alpha, max_mag, bgr = self.overlay_alpha, 0.05 * w, frame.bgr
+        layout: list[tuple[str, tuple[int, ...]]] = []
+        if has_flow:
+            layout.append(('flow', (2, h, w)))  # float32 first: 4-byte aligned on the host
+        layout.append(('labels', (big_h, big_w)))
+        layout += [(f'head:{hd}', (big_h, big_w)) for hd in head_list]
+        if want_conf:
+            layout.append(('confidence', (big_h, big_w)))
+        if want_color:
+            layout.append(('color_mask', (big_h, big_w, 3)))
+        if want_overlay:
+            layout.append(('overlay', (big_h, big_w, 3)))
+        if want_flow_rgb:
+            layout.append(('flow_rgb', (big_h, big_w, 3)))
+
+        def post(cam: torch.Tensor, *args: torch.Tensor) -> tuple[torch.Tensor]:
+            args = list(args)
+            flow_px = args.pop() if has_flow else None
+            parts = [] if flow_px is None else [flow_px.float().contiguous().view(torch.uint8)
+                                                .reshape(-1)]
+            labels_small = args[0]
+            for lab in args[:1 + len(head_list)]:
+                parts.append(gpu_ops.resize_nearest(lab, rows, cols).reshape(-1))
+            if want_conf:
+                conf = gpu_ops.resize_linear_u8(args[1 + len(head_list)], (big_h, big_w))
+                parts.append(conf.reshape(-1))
+            if want_color:
+                color = gpu_ops.resize_nearest(gpu_ops.colorize(labels_small, self.palette),
+                                               rows, cols)
+                parts.append(color.reshape(-1))
+                if want_overlay:
+                    rgb = cam.flip(-1) if bgr else cam
+                    parts.append(gpu_ops.blend(rgb, color, alpha).reshape(-1))
+            if want_flow_rgb:
+                pic = (torch.zeros((h, w, 3), dtype=torch.uint8, device=cam.device)
+                       if flow_px is None else gpu_ops.flow_picture(flow_px, max_mag))
+                parts.append(gpu_ops.resize_linear_u8(pic, (big_h, big_w)).reshape(-1))
+            return (torch.cat(parts),)
+
+        inputs = [frame.frame, *small] + ([flow.to(self.device)] if has_flow else [])
+        key = (tuple(layout), bgr, alpha)
+        packed = self.runner('post', post, inputs, key, clone=False)[0]
+        host = self.download(packed)
+        if lap is not None:
+            lap('resize_back')
+        return _unpack(host, layout, heads)
+
+
+def _unpack(host: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
+            heads: Iterable[str]) -> dict[str, Any]:
+    arrays: dict[str, Any] = {}
+    offset = 0
+    for name, shape in layout:
+        if name == 'flow':
+            n = 4 * int(np.prod(shape))
+            arrays[name] = host[offset:offset + n].view(np.float32).reshape(shape)
+        else:
+            n = int(np.prod(shape))
+            arrays[name] = host[offset:offset + n].reshape(shape)
+        offset += n
+    result: dict[str, Any] = {k: arrays.get(k) for k in
+                              ('labels', 'confidence', 'color_mask', 'overlay', 'flow_rgb',
+                               'flow')}
+    result['head_labels'] = {h: result['labels'] if h == 'fused' else arrays.get(f'head:{h}')
+                             for h in heads}
+    return result

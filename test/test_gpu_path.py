@@ -1,0 +1,334 @@
+"""The device path (CUDA): its torch pieces against the OpenCV/numpy path on the CPU, and, marked
+``cuda``, the whole path on a GPU (agreement with the CPU, graphs, recapture, buffer reuse)."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flow2seg_ros import gpu_ops
+from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.device_path import (autocast_dtype, DevicePath, GraphRunner, PinnedDownload,
+                                      PinnedUpload)
+from flow2seg_ros.models import build_model
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
+
+CLASSES = ClassSet(('ground', 'thing', 'sky', 'car'),
+                   ((10, 10, 10), (200, 0, 0), (0, 0, 255), (0, 200, 90)))
+NET = (64, 128)  # network input (H, W)
+# (camera W, H), (network h, w): fractional factor, integer factor 2 and 4 exactly, below 2, same
+SIZES = [((1280, 720), (256, 512)), ((2048, 1024), (256, 512)), ((1024, 512), (256, 512)),
+         ((640, 480), (256, 512)), ((512, 256), (256, 512)), ((300, 200), (64, 128))]
+
+
+def tiny_pipeline(device='cpu', **config) -> FramePipeline:
+    torch.manual_seed(0)
+    model = build_model('lite', num_classes=4, widths=(8, 8, 16, 16), ppm_channels=8,
+                        flow_widths=(8, 8, 8, 8), fusion_channels=8)
+    card = {'classes': CLASSES.to_dict(), 'input_size': list(NET),
+            'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0}}
+    return FramePipeline(PipelineConfig(device=device, **config), model=model, card=card)
+
+
+def with_device_path(pipe: FramePipeline, device: str = 'cpu', graphs: bool = False
+                     ) -> FramePipeline:
+    """The pipeline with the device path switched on (on the CPU: its code, run eagerly)."""
+    norm = pipe.card.get('normalization', {})
+    pipe.device_path = DevicePath(torch.device(device), input_size=pipe.input_size,
+                                  mean=norm.get('mean', [0.485, 0.456, 0.406]),
+                                  std=norm.get('std', [0.229, 0.224, 0.225]),
+                                  palette=pipe.palette, overlay_alpha=pipe.config.overlay_alpha,
+                                  precision=pipe.config.precision, graphs=graphs)
+    return pipe
+
+
+def scene(n, h, w, seed=0, step=2):
+    """A smooth textured scene panning ``step`` pixels a frame (what cameras see, not noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (h // 8 + 2, (w + step * n) // 8 + 2, 3), np.uint8)
+    big = cv2.resize(small, (small.shape[1] * 8, small.shape[0] * 8),
+                     interpolation=cv2.INTER_CUBIC)[:h, :w + step * n]
+    noise = rng.integers(0, 40, big.shape, np.uint8)
+    big = cv2.add(big, noise)
+    return [np.ascontiguousarray(big[:, step * i:step * i + w]) for i in range(n)]
+
+
+def cpu_small(rgb, size):
+    """The CPU path's resize, taken from FramePipeline itself."""
+    pipe = tiny_pipeline()
+    pipe.input_size = tuple(size)
+    return pipe._small(rgb)
+
+
+def max_diff(a, b):
+    return int(np.abs(a.astype(np.int32) - np.asarray(b).astype(np.int32)).max())
+
+
+# ---- the torch pieces against OpenCV (CPU) ------------------------------------------------
+
+
+@pytest.mark.parametrize('camera,net', SIZES)
+def test_resize_to_network_is_within_one_level_of_the_cpu_path(camera, net):
+    rgb = scene(1, camera[1], camera[0])[0]
+    x = gpu_ops.frame_to_nchw(torch.from_numpy(rgb))
+    got = gpu_ops.resize_to_network(x, net)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    want = cpu_small(rgb, net)
+    assert got.shape == want.shape
+    assert max_diff(got, want) <= 1
+    assert (got == want).mean() > 0.8  # mostly the same level, not merely close
+
+
+def test_bgr_frames_are_swapped_on_the_device():
+    rgb = scene(1, 90, 160)[0]
+    a = gpu_ops.frame_to_nchw(torch.from_numpy(rgb))
+    b = gpu_ops.frame_to_nchw(torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1])), bgr=True)
+    assert torch.equal(a, b)
+    assert torch.equal(a[0, 0], torch.from_numpy(rgb[..., 0]).float())
+
+
+def test_normalise_matches_the_pipeline_input():
+    pipe = tiny_pipeline()
+    small = scene(1, *NET)[0]
+    want = pipe._network_input([small])
+    x = gpu_ops.frame_to_nchw(torch.from_numpy(small))
+    got = gpu_ops.normalise(x, pipe._scale, pipe._shift)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('src,dst', [(256, 720), (512, 1280), (256, 1024), (512, 2048),
+                                     (64, 200), (128, 300), (100, 37), (256, 256), (7, 1000)])
+def test_nearest_indices_give_opencv_nearest_exactly(src, dst):
+    rng = np.random.default_rng(src + dst)
+    labels = rng.integers(0, 19, (src, src + 3), np.uint8)
+    want = cv2.resize(labels, (dst + 5, dst), interpolation=cv2.INTER_NEAREST)
+    rows = torch.from_numpy(gpu_ops.nearest_indices(src, dst))
+    cols = torch.from_numpy(gpu_ops.nearest_indices(src + 3, dst + 5))
+    got = gpu_ops.resize_nearest(torch.from_numpy(labels), rows, cols).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('size', [(720, 1280), (1024, 2048), (64, 128), (200, 300)])
+def test_linear_resize_is_within_one_level_of_opencv(channels, size):
+    rng = np.random.default_rng(channels)
+    shape = (64, 128) if channels == 1 else (64, 128, 3)
+    img = rng.integers(0, 256, shape, np.uint8)
+    want = cv2.resize(img, size[::-1], interpolation=cv2.INTER_LINEAR)
+    got = gpu_ops.resize_linear_u8(torch.from_numpy(img), size).numpy()
+    assert got.shape == want.shape and got.dtype == np.uint8
+    assert max_diff(got, want) <= 1
+
+
+def test_colour_and_overlay_match_visualize():
+    rng = np.random.default_rng(3)
+    palette = CLASSES.palette()
+    labels = rng.integers(0, 4, (90, 160), np.uint8)
+    labels[0, :5] = 255  # ignore stays black
+    color = gpu_ops.colorize(torch.from_numpy(labels), torch.from_numpy(palette)).numpy()
+    np.testing.assert_array_equal(color, colorize(labels, palette))
+    rgb = rng.integers(0, 256, (90, 160, 3), np.uint8)
+    for alpha in (0.0, 0.25, 0.5, 0.8, 1.0):
+        got = gpu_ops.blend(torch.from_numpy(rgb), torch.from_numpy(color), alpha).numpy()
+        assert max_diff(got, overlay(rgb, color, alpha)) <= 1
+
+
+def test_flow_picture_is_within_one_level_of_flow_to_rgb():
+    rng = np.random.default_rng(4)
+    flow = (rng.standard_normal((2, 64, 128)) * 8).astype(np.float32)
+    flow[:, :4, :4] = 0.0  # no motion: black
+    flow[0, 4:8, :] = 100.0  # beyond the scale: clipped
+    flow[1, 8, :] = -3.0  # straight up
+    flow[0, 8, :] = 0.0
+    want = flow_to_rgb(flow, max_magnitude=6.4)
+    got = gpu_ops.flow_picture(torch.from_numpy(flow), 6.4).numpy()
+    assert max_diff(got, want) <= 1
+
+
+def test_angles_match_opencv_cart_to_polar():
+    rng = np.random.default_rng(5)
+    x, y = (rng.standard_normal((2, 1000)) * 5).astype(np.float32)
+    _, ang = cv2.cartToPolar(x, y, angleInDegrees=True)
+    got = gpu_ops.fast_atan2_deg(torch.from_numpy(y), torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ang.ravel(), atol=1e-3)
+
+
+def test_device_finish_equals_cpu_finish_on_the_same_logits():
+    cpu = tiny_pipeline(overlay_alpha=0.3)
+    dev = with_device_path(tiny_pipeline(overlay_alpha=0.3))
+    frames = scene(2, 150, 260)
+    outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
+    heads = ('fused', 'image', 'flow')
+    for pipe in (cpu, dev):
+        pipe.process(frames[0], 0.0)
+    prepared = cpu.prepare(frames[1], 0.05)
+    out = cpu.infer([prepared], heads=heads)[0]
+    want = cpu.finish(prepared, out, outputs=outputs, heads=heads)
+    dframe = dev.device_path.prepare(frames[1])
+    got = dev.device_path.finish(dframe, out, prepared.flow, outputs=outputs, heads=heads)
+    np.testing.assert_array_equal(got['labels'], want.labels)
+    for h in heads:
+        np.testing.assert_array_equal(got['head_labels'][h], want.head_labels[h])
+    np.testing.assert_array_equal(got['color_mask'], want.color_mask)
+    for name in ('overlay', 'confidence', 'flow_rgb'):
+        assert got[name].shape == getattr(want, name).shape
+        assert max_diff(got[name], getattr(want, name)) <= 1, name
+    np.testing.assert_array_equal(got['flow'], want.flow)
+
+
+def test_pipeline_with_the_device_path_agrees_with_the_cpu_path():
+    cpu = tiny_pipeline()
+    dev = with_device_path(tiny_pipeline())
+    equal = total = 0
+    for i, rgb in enumerate(scene(5, 180, 320)):
+        a = cpu.process(rgb, 0.05 * i, outputs=('color_mask', 'overlay'))
+        b = dev.process(rgb, 0.05 * i, outputs=('color_mask', 'overlay'))
+        assert b.reset_reason == a.reset_reason and b.used_flow == a.used_flow
+        assert b.labels.shape == a.labels.shape and b.overlay.shape == a.overlay.shape
+        np.testing.assert_array_equal(b.color_mask, CLASSES.palette()[b.labels])
+        equal += int((a.labels == b.labels).sum())
+        total += a.labels.size
+    # inputs differ by at most one level after the resize, so a few boundary pixels may flip
+    assert equal / total >= 0.99
+
+
+def test_pinned_upload_reuses_its_buffer_and_never_changes_an_earlier_frame():
+    up = PinnedUpload(torch.device('cpu'))
+    a, b = scene(2, 48, 64)
+    ta = up(a)
+    tb = up(b)
+    assert up.allocations == 1
+    np.testing.assert_array_equal(ta.numpy(), a)
+    np.testing.assert_array_equal(tb.numpy(), b)
+    up(np.zeros((20, 30, 3), np.uint8))
+    assert up.allocations == 2
+
+
+def test_downloads_are_not_overwritten_by_later_frames():
+    down = PinnedDownload(torch.device('cpu'))
+    first = down(torch.full((10,), 7, dtype=torch.uint8))
+    down(torch.full((10,), 9, dtype=torch.uint8))
+    assert (first == 7).all()
+
+
+def test_graph_runner_runs_eagerly_off_cuda():
+    runner = GraphRunner(enabled=True)
+    x = torch.arange(6.0)
+    (y,) = runner('double', lambda t: (2 * t,), (x,))
+    assert torch.equal(y, 2 * x) and runner.captures == 0 and runner.graphs() == 0
+
+
+def test_bf16_is_a_precision_and_falls_back_to_fp32_on_the_cpu(caplog):
+    with caplog.at_level('WARNING'):
+        pipe = tiny_pipeline(precision='bf16')
+    assert pipe.amp_dtype is None and 'bf16 needs CUDA' in caplog.text
+    assert autocast_dtype('bf16', torch.device('cuda')) == torch.bfloat16
+    assert autocast_dtype('fp16', torch.device('cpu')) is None
+    with pytest.raises(ValueError, match='precision'):
+        PipelineConfig(device='cpu', precision='fp8').validate()
+
+
+def test_the_cpu_pipeline_keeps_its_opencv_path():
+    assert tiny_pipeline().device_path is None
+
+
+# ---- on a GPU (`make gpu-check`) ----------------------------------------------------------
+
+
+def bundled_pair(precision='fp32', graphs=True):
+    from flow2seg_ros.weights import load_model
+    cpu = FramePipeline(PipelineConfig(device='cpu'))
+    model, card = load_model(None, device='cuda')
+    gpu = FramePipeline(PipelineConfig(device='cuda', precision=precision, cuda_graphs=graphs),
+                        model=model, card=card)
+    return cpu, gpu
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('precision,need', [('fp32', 0.999), ('fp16', 0.995), ('bf16', 0.995)])
+def test_cuda_labels_agree_with_the_cpu(precision, need):
+    cpu, gpu = bundled_pair(precision)
+    assert gpu.device_path is not None
+    equal = total = 0
+    for i, rgb in enumerate(scene(6, 720, 1280)):
+        a = cpu.process(rgb, 0.05 * i)
+        b = gpu.process(rgb, 0.05 * i)
+        equal += int((a.labels == b.labels).sum())
+        total += a.labels.size
+    assert equal / total >= need, f'{precision}: {100 * equal / total:.3f} % of labels agree'
+
+
+def _outputs(r):
+    return [r.labels, r.color_mask, r.overlay, r.confidence, r.flow_rgb]
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_equals_eager():
+    pipe = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
+    frames = scene(6, 720, 1280)
+    outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
+    graphed = [pipe.process(f, 0.05 * i, outputs=outputs) for i, f in enumerate(frames)]
+    assert pipe.device_path.runner.captures > 0 and not pipe.device_path.runner.failed
+    pipe.reset()
+    pipe.device_path.runner.enabled = False
+    eager = [pipe.process(f, 0.05 * i, outputs=outputs) for i, f in enumerate(frames)]
+    for g, e in zip(graphed, eager):
+        assert (g.labels == e.labels).mean() >= 0.9999
+        for a, b in zip(_outputs(g)[1:], _outputs(e)[1:]):
+            assert max_diff(a, b) <= 1
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_recapture_after_a_resolution_change_and_not_otherwise():
+    pipe = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
+    runner = pipe.device_path.runner
+    for i, f in enumerate(scene(3, 720, 1280)):
+        pipe.process(f, 0.05 * i)
+    captured = runner.captures
+    for i, f in enumerate(scene(20, 720, 1280, seed=1)):  # 20 frames, one size: replays only
+        pipe.process(f, 1.0 + 0.05 * i)
+    assert runner.captures == captured
+    small = scene(3, 480, 640)
+    results = [pipe.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
+    assert runner.captures > captured and results[0].reset_reason == 'size'
+    assert results[-1].labels.shape == (480, 640)
+    assert runner.graphs('post') == 1  # the old size's graphs went
+    eager = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=False)
+    want = [eager.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
+    assert (results[-1].labels == want[-1].labels).mean() >= 0.9999
+
+
+@pytest.mark.cuda
+def test_cuda_results_stay_valid_across_frames():
+    pipe = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
+    frames = scene(20, 360, 640)
+    kept = [pipe.process(f, 0.05 * i) for i, f in enumerate(frames)]
+    copies = [[a.copy() for a in (r.labels, r.color_mask, r.overlay)] for r in kept]
+    for i, f in enumerate(scene(5, 360, 640, seed=9)):  # later frames reuse the buffers
+        pipe.process(f, 2.0 + 0.05 * i)
+    for r, c in zip(kept, copies):
+        for a, b in zip((r.labels, r.color_mask, r.overlay), c):
+            np.testing.assert_array_equal(a, b)
+    assert pipe.device_path.upload.allocations == 1
+    # and each frame's overlay is its own frame's, not a later one's
+    np.testing.assert_array_equal(kept[3].overlay, overlay(frames[3], kept[3].color_mask, 0.5))
+
+
+@pytest.mark.cuda
+def test_cuda_device_finish_equals_cpu_finish_on_the_same_logits():
+    cpu = tiny_pipeline()
+    dev = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
+    frames = scene(2, 720, 1280)
+    outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
+    heads = ('fused', 'image', 'flow')
+    cpu.process(frames[0], 0.0)
+    prepared = cpu.prepare(frames[1], 0.05)
+    out = cpu.infer([prepared], heads=heads)[0]
+    want = cpu.finish(prepared, out, outputs=outputs, heads=heads)
+    for _ in range(2):  # captured, then replayed
+        dframe = dev.device_path.prepare(frames[1])
+        got = dev.device_path.finish(dframe, {k: v.cuda() for k, v in out.items()},
+                                     prepared.flow.cuda(), outputs=outputs, heads=heads)
+        np.testing.assert_array_equal(got['labels'], want.labels)
+        np.testing.assert_array_equal(got['color_mask'], want.color_mask)
+        for name in ('overlay', 'confidence', 'flow_rgb'):
+            assert max_diff(got[name], getattr(want, name)) <= 1, name
