@@ -16,6 +16,9 @@ from typing import Any, Iterable, Iterator, Optional
 
 import cv2
 import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.typesys import get_typestore, Stores
 
 from flow2seg_ros.encodings import image_msg_from_array
 
@@ -39,8 +42,6 @@ def typestore() -> Any:
     """The ROS 2 Kilted type store (built once)."""
     global _TYPESTORE
     if _TYPESTORE is None:
-        from rosbags.typesys import get_typestore, Stores
-
         _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
     return _TYPESTORE
 
@@ -196,8 +197,6 @@ class BagWriter:
     """
 
     def __init__(self, path: str | Path, storage: str = 'sqlite3') -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got '{storage}'")
         self.path = Path(path)
@@ -280,14 +279,7 @@ class TopicInfo:
 # What the readers raise on a missing, truncated or corrupt bag.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError, sqlite3.Error, struct.error, EOFError, KeyError, IndexError, ValueError,
-    AssertionError)
-
-
-def _reader_errors() -> tuple[type[BaseException], ...]:
-    from rosbags.highlevel import AnyReaderError
-    from rosbags.rosbag2 import ReaderError
-
-    return _READ_ERRORS + (AnyReaderError, ReaderError)
+    AssertionError, AnyReaderError, ReaderError)
 
 
 class BagReader:
@@ -301,18 +293,15 @@ class BagReader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from rosbags.highlevel import AnyReader
-
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f'bag not found: {self.path}')
         if not (self.path / 'metadata.yaml').is_file() and self.path.is_dir():
             raise BagError(f'{self.path} is not a rosbag2 folder (no metadata.yaml)')
-        errors = _reader_errors()
         try:
             self._reader = AnyReader([self.path])
             self._reader.open()
-        except errors as exc:
+        except _READ_ERRORS as exc:
             raise BagError(f'cannot open bag {self.path} (truncated or corrupt?): '
                            f'{_describe(exc)}') from exc
         self.storage = bag_storage(self.path)
@@ -326,7 +315,7 @@ class BagReader:
     def close(self) -> None:
         try:
             self._reader.close()
-        except _reader_errors():
+        except _READ_ERRORS:
             pass
 
     @property
@@ -367,7 +356,7 @@ class BagReader:
                 conn, t, raw = next(it)
             except StopIteration:
                 return
-            except _reader_errors() as exc:
+            except _READ_ERRORS as exc:
                 raise BagError(f'cannot read bag {self.path} (truncated or corrupt?): '
                                f'{_describe(exc)}') from exc
             yield conn.topic, t, raw
@@ -380,7 +369,7 @@ class BagReader:
         """
         try:
             return self._reader.deserialize(raw, msgtype)
-        except _reader_errors() as exc:
+        except _READ_ERRORS as exc:
             raise BagError(f'{self.path}: a {msgtype} message does not deserialise '
                            f'(corrupt?): {_describe(exc)}') from exc
 

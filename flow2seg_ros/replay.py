@@ -27,6 +27,7 @@ from flow2seg_ros.dds import (
     apply_dds_environment, dds_environment, DDS_VARIABLES, describe_dds_changes, FASTDDS_PROFILE,
     params_file, shipped_fastdds_profile)
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_array
+from flow2seg_ros.stats import percentile
 
 __all__ = ['start_node_process', 'stop_process', 'Received', 'ReplayStats', 'LiveReplay',
            'apply_dds_environment', 'dds_environment', 'DDS_VARIABLES', 'describe_dds_changes',
@@ -104,7 +105,7 @@ class ReplayStats:
 
     def percentile(self, q: float) -> float:
         """Latency percentile ``q`` (0..100) in ms, nan without received frames."""
-        return float(np.percentile(self.latency_ms, q)) if self.latency_ms else float('nan')
+        return percentile(self.latency_ms, q)
 
     def as_dict(self) -> dict[str, Any]:
         return {'sent': self.sent, 'received': self.received, 'lost': self.lost,
