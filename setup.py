@@ -28,6 +28,7 @@ setup(
     entry_points={
         'console_scripts': [
             'seg_node = flow2seg_ros.node:main',
+            'seg_lifecycle_node = flow2seg_ros.lifecycle_node:main',
             'flow2seg-synth = flow2seg_ros.data.synth:main',
             'flow2seg-train = flow2seg_ros.train:main',
             'flow2seg-evaluate = flow2seg_ros.evaluate:main',
