@@ -283,7 +283,23 @@ class DevicePath:
         small = frame.small[0].permute(1, 2, 0).to(torch.uint8).contiguous()
         return self.download(small.reshape(-1)).reshape(small.shape)
 
-    # ---- the network ---------------------------------------------------------------------
+    # ---- flow and the network ------------------------------------------------------------
+
+    @torch.inference_mode()
+    def flow(self, estimator: Any, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        """A device flow estimator's ``estimate_batch(prev, cur)``, replayed as a graph.
+
+        Args:
+            estimator: a flow estimator with ``estimate_batch`` (the learned flow network).
+            prev: (N, 3, h, w) previous frames on the device, RGB 0..255.
+            cur: (N, 3, h, w) current frames.
+
+        Returns:
+            (N, 2, h, w) float32 flow in pixels, current -> previous.
+        """
+        def flow(p: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor]:
+            return (estimator.estimate_batch(p, c),)
+        return self.runner('flow', flow, (prev, cur), id(estimator))[0]
 
     @torch.inference_mode()
     def network(self, model: torch.nn.Module, x: torch.Tensor, flow: Optional[torch.Tensor],

@@ -392,7 +392,8 @@ class FramePipeline:
             estimator = f.pipeline.flow_estimator
             if f.device is not None and f.device.prev_small is not None and \
                     hasattr(estimator, 'estimate_batch'):  # device path: flow on the device
-                f.flow = estimator.estimate_batch(f.device.prev_small, f.device.small)[0]
+                f.flow = f.pipeline.device_path.flow(estimator, f.device.prev_small,
+                                                     f.device.small)[0]
             elif f.prev_small is not None:
                 f.flow = estimator(f.prev_small, f.small)
             timer.lap('flow')

@@ -191,6 +191,25 @@ def test_pipeline_with_the_device_path_agrees_with_the_cpu_path():
     assert equal / total >= 0.99
 
 
+def test_learned_flow_runs_on_the_device_frames():
+    from flow2seg_ros.flow.learned import FlowLiteNet, LearnedFlow
+    torch.manual_seed(1)
+    estimator = LearnedFlow(model=FlowLiteNet())
+    pipe = tiny_pipeline()
+    pipe.flow_estimator = estimator
+    pipe = with_device_path(pipe)
+    frames = scene(3, 150, 260)
+    pipe.process(frames[0], 0.0)
+    pipe.process(frames[1], 0.05)
+    prepared = pipe.prepare(frames[2], 0.1)
+    assert prepared.device.prev_small is not None
+    out = pipe.infer([prepared])[0]
+    want = estimator(prepared.prev_small, prepared.small)
+    torch.testing.assert_close(prepared.flow, want)
+    result = pipe.finish(prepared, out)
+    np.testing.assert_array_equal(result.flow, want.numpy())
+
+
 def test_pinned_upload_reuses_its_buffer_and_never_changes_an_earlier_frame():
     up = PinnedUpload(torch.device('cpu'))
     a, b = scene(2, 48, 64)
