@@ -23,15 +23,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from flow2seg_ros.dds import (
-    apply_dds_environment, dds_environment, DDS_VARIABLES, describe_dds_changes, FASTDDS_PROFILE,
-    params_file, shipped_fastdds_profile)
+from flow2seg_ros.dds import dds_environment, params_file
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_array
 from flow2seg_ros.stats import percentile
 
-__all__ = ['start_node_process', 'stop_process', 'Received', 'ReplayStats', 'LiveReplay',
-           'apply_dds_environment', 'dds_environment', 'DDS_VARIABLES', 'describe_dds_changes',
-           'FASTDDS_PROFILE', 'params_file', 'shipped_fastdds_profile']
+__all__ = ['start_node_process', 'stop_process', 'Received', 'ReplayStats', 'LiveReplay']
 
 
 def start_node_process(*, image_topic: str = '/camera/image_raw',

@@ -122,7 +122,9 @@ def test_core_does_not_import_tools():
                                            'demo', 'node')}
     graph = _graph()
     for tool in tools & set(graph):
-        importers = sorted(m for m, deps in graph.items() if tool in deps)
+        importers = sorted(m for m, deps in graph.items() if tool in deps
+                           # the managed node is the same adapter under the ROS 2 lifecycle
+                           and not (tool.endswith('.node') and m.endswith('_node')))
         assert not importers, f'{tool} is imported by {importers}'
 
 
