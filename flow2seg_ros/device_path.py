@@ -256,6 +256,24 @@ class DevicePath:
             # fixed shapes: let cudnn time its algorithms once per shape (graph warm-up does it)
             torch.backends.cudnn.benchmark = True
 
+    @classmethod
+    def for_pipeline(cls, pipeline: Any, *, device: Optional[torch.device] = None,
+                     graphs: Optional[bool] = None) -> 'DevicePath':
+        """The device path of a :class:`~flow2seg_ros.pipeline.FramePipeline` (its sizes,
+        normalisation, palette, overlay weight, precision and graph setting).
+
+        Args:
+            pipeline: the FramePipeline.
+            device: default the pipeline's device (the CPU runs the same code eagerly).
+            graphs: default the pipeline's ``cuda_graphs`` setting.
+        """
+        mean, std = pipeline.normalization
+        config = pipeline.config
+        return cls(device or pipeline.device, input_size=pipeline.input_size, mean=mean,
+                   std=std, palette=pipeline.palette, overlay_alpha=config.overlay_alpha,
+                   precision=config.precision,
+                   graphs=config.cuda_graphs if graphs is None else graphs)
+
     # ---- pre: camera frame -> network input ----------------------------------------------
 
     def _pre(self, bgr: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -369,7 +387,10 @@ class DevicePath:
         want_conf = 'confidence' in outputs
         logits = [out['fused']] + [out[h] for h in head_list]
 
+        size = self.input_size
+
         def argmax(*ls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            ls = tuple(gpu_ops.full_size(x, size) for x in ls)
             labels, conf = gpu_ops.labels_and_confidence(ls[0], want_conf)
             rest = [gpu_ops.labels_and_confidence(x, False)[0][0] for x in ls[1:]]
             return (labels[0],) + tuple(rest) + ((conf[0],) if want_conf else ())

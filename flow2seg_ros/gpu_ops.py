@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ['frame_to_nchw', 'resize_to_network', 'normalise', 'nearest_indices',
-           'resize_nearest', 'resize_linear_u8', 'colorize', 'blend', 'labels_and_confidence',
+           'resize_nearest', 'resize_linear_u8', 'colorize', 'blend', 'full_size',
+           'labels_and_confidence',
            'fast_atan2_deg', 'flow_picture', 'round_half_up']
 
 
@@ -153,6 +154,19 @@ def blend(rgb: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
     """
     mixed = rgb.float() * (1.0 - alpha) + mask.float() * alpha
     return mixed.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def full_size(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Logits at a network stride upsampled (bilinear) to the network's input size, as the
+    pipeline does before its argmax; logits already at that size are returned as they are.
+
+    Args:
+        logits: (N, C, h', w') logits.
+        size: (h, w) of the network input.
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return _linear(logits.float(), size)
 
 
 def labels_and_confidence(logits: torch.Tensor, confidence: bool

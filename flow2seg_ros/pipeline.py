@@ -244,12 +244,9 @@ class FramePipeline:
         # --- device path (issue 11): on CUDA the frame goes up once, outputs come down once ---
         self.device_path: Optional[DevicePath] = None
         self._prev_device: Optional[torch.Tensor] = None  # last frame's network-size tensor
+        self.normalization = (tuple(mean), tuple(std))
         if self.device.type == 'cuda':
-            self.device_path = DevicePath(self.device, input_size=self.input_size, mean=mean,
-                                          std=std, palette=self.palette,
-                                          overlay_alpha=config.overlay_alpha,
-                                          precision=config.precision,
-                                          graphs=config.cuda_graphs)
+            self.device_path = DevicePath.for_pipeline(self)
         # --- end device path ---
         self.frames = 0
         self.resets = 0

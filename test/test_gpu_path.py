@@ -32,13 +32,9 @@ def tiny_pipeline(device='cpu', **config) -> FramePipeline:
 
 def with_device_path(pipe: FramePipeline, device: str = 'cpu', graphs: bool = False
                      ) -> FramePipeline:
-    """The pipeline with the device path switched on (on the CPU: its code, run eagerly)."""
-    norm = pipe.card.get('normalization', {})
-    pipe.device_path = DevicePath(torch.device(device), input_size=pipe.input_size,
-                                  mean=norm.get('mean', [0.485, 0.456, 0.406]),
-                                  std=norm.get('std', [0.229, 0.224, 0.225]),
-                                  palette=pipe.palette, overlay_alpha=pipe.config.overlay_alpha,
-                                  precision=pipe.config.precision, graphs=graphs)
+    """The pipeline as it runs on CUDA: the device path on (on the CPU: its code, eagerly)."""
+    pipe.cpu_path = None
+    pipe.device_path = DevicePath.for_pipeline(pipe, device=torch.device(device), graphs=graphs)
     return pipe
 
 
