@@ -68,10 +68,9 @@ def pixel_rays(width: int, height: int, proj_x: float, proj_y: float
     return ndc_x / proj_x, ndc_y / proj_y
 
 
-def _rigid_motions(prev: RenderedFrame, cur: RenderedFrame
-                   ) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Bodies that moved between the frames and their motion current -> previous (R, t)."""
-    bodies, rots, trans = [], [], []
+def _rigid_motions(prev: RenderedFrame, cur: RenderedFrame) -> tuple[list[int], np.ndarray]:
+    """Bodies that moved between the frames and their (4, 4) motion, world now -> world before."""
+    bodies, motions = [], []
     for body, pose in cur.poses.items():
         before = prev.poses.get(body)
         if before is None:
@@ -79,11 +78,9 @@ def _rigid_motions(prev: RenderedFrame, cur: RenderedFrame
                              'previous one')
         if np.allclose(before, pose, rtol=0.0, atol=1e-9):
             continue
-        rel = before @ np.linalg.inv(pose)           # world point now -> world point before
         bodies.append(int(body))
-        rots.append(rel[:3, :3])
-        trans.append(rel[:3, 3])
-    return bodies, np.asarray(rots).reshape(-1, 3, 3), np.asarray(trans).reshape(-1, 3)
+        motions.append(before @ np.linalg.inv(pose))
+    return bodies, np.asarray(motions).reshape(-1, 4, 4)
 
 
 def ground_truth_flow(prev: RenderedFrame, cur: RenderedFrame, *, rel_tol: float = 0.01,
@@ -109,33 +106,36 @@ def ground_truth_flow(prev: RenderedFrame, cur: RenderedFrame, *, rel_tol: float
     sky = ids < 0
     a, b = pixel_rays(width, height, cur.proj_x, cur.proj_y)
     z = np.where(sky, 1.0, cur.depth.astype(np.float64))
-    cam = np.empty((height, width, 3))
-    cam[..., 0] = a[None, :] * z
-    cam[..., 1] = b[:, None] * z
-    cam[..., 2] = -z
-    rot, tr = cur.view[:3, :3], cur.view[:3, 3]
-    # Camera -> world: R^T (c - t); sky directions rotate only.
-    world = np.where(sky[..., None], cam @ rot, (cam - tr) @ rot)
+    # The static scene: one rigid motion from the current camera's frame to the previous one's.
+    # A pixel's point is z * (a, b, -1) in the current camera; sky points are directions.
+    static = prev.view @ np.linalg.inv(cur.view)
+    cam_prev = np.empty((3, height, width))
+    for i in range(3):
+        m = static[i]
+        cam_prev[i] = (m[0] * a[None, :] + m[1] * b[:, None] - m[2]) * z
+        cam_prev[i][~sky] += m[3]
 
-    bodies, rots, trans = _rigid_motions(prev, cur)
+    bodies, motions = _rigid_motions(prev, cur)
     moving = np.zeros((height, width), bool)
     if bodies:
         lut = np.full(max(int(ids.max()), max(bodies)) + 2, -1, np.int64)
         lut[np.asarray(bodies) + 1] = np.arange(len(bodies))
         which = lut[ids + 1]
         moving = which >= 0
+        # Their points move with their body: world now -> world before, seen by the previous
+        # camera: V_prev @ motion @ V_cur^-1.
+        per_body = prev.view @ motions @ np.linalg.inv(cur.view)
         k = which[moving]
-        pts = world[moving]
-        world[moving] = np.einsum('nij,nj->ni', rots[k], pts) + trans[k]
-
-    prot, ptr = prev.view[:3, :3], prev.view[:3, 3]
-    cam_prev = world @ prot.T
-    cam_prev[~sky] += ptr
-    zp = -cam_prev[..., 2]
+        zm = z[moving]
+        pts = np.stack([np.broadcast_to(a[None, :], moving.shape)[moving] * zm,
+                        np.broadcast_to(b[:, None], moving.shape)[moving] * zm, -zm,
+                        np.ones_like(zm)], axis=1)
+        cam_prev[:, moving] = np.einsum('nij,nj->in', per_body[k, :3], pts)
+    zp = -cam_prev[2]
     front = np.where(sky, zp > 1e-6, zp > prev.near)
     zs = np.where(front, zp, 1.0)
-    xp = (prev.proj_x * cam_prev[..., 0] / zs + 1.0) * (width / 2.0)
-    yp = (1.0 - prev.proj_y * cam_prev[..., 1] / zs) * (height / 2.0) - 1.0
+    xp = (prev.proj_x * cam_prev[0] / zs + 1.0) * (width / 2.0)
+    yp = (1.0 - prev.proj_y * cam_prev[1] / zs) * (height / 2.0) - 1.0
     cols = np.arange(width, dtype=np.float64)[None, :]
     rows = np.arange(height, dtype=np.float64)[:, None]
     flow = np.stack([xp - cols, yp - rows]).astype(np.float32)
