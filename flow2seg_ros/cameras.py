@@ -5,12 +5,17 @@ No ROS here (the node hands in headers as opaque ``meta``), so the scheduling is
 * Each camera has one slot. A new frame replaces a frame still waiting there (counted as
   dropped: the newest frame wins) and is paired with the frame *received* just before it, so
   flow is always computed between consecutive received frames, dropped or not.
-* :meth:`FrameScheduler.take` hands the worker a batch: the waiting frames of several cameras
+* :meth:`FrameScheduler.take` hands a worker a batch: the waiting frames of several cameras
   that share a batching key (the network input size), in round-robin order starting after the
-  camera served first last time, so a flooding camera cannot starve a slow one.
-* When the first frame of a batch is found and other cameras that are streaming have no frame
-  waiting yet, ``take`` waits at most ``batch_wait_s`` for them (0 = never wait); it stops
-  waiting as soon as every streaming camera has a frame waiting.
+  camera served last, so a flooding camera cannot starve a slow one.
+* Several workers may take batches; a camera whose frame is in work is not served again until
+  :meth:`FrameScheduler.done`, so each camera's frames go through its pipeline one at a time
+  and in order. With two workers a slow camera's frame starts at once even while a flooding
+  camera keeps the other worker busy, instead of waiting for that frame to finish.
+* When the first frame of a batch is found and other cameras that are streaming (and not in
+  work) have no frame waiting yet, ``take`` waits at most ``batch_wait_s`` for them (0 = never
+  wait); it stops waiting as soon as each of them has a frame waiting. Other workers do not
+  take frames meanwhile.
 """
 from __future__ import annotations
 
@@ -78,7 +83,7 @@ class CameraSlot:
 
 
 class FrameScheduler:
-    """Latest-wins slots for named cameras and the batches one worker takes from them.
+    """Latest-wins slots for named cameras and the batches workers take from them.
 
     Args:
         cameras: camera names, in round-robin order.
@@ -106,7 +111,8 @@ class FrameScheduler:
         self._clock = clock
         self._cond = threading.Condition()
         self._cursor = 0
-        self._busy = False
+        self._in_work: set[str] = set()
+        self._gathering = False
         self._stopped = False
         #: how many batches of each size were taken
         self.batch_sizes: Counter[int] = Counter()
@@ -151,18 +157,21 @@ class FrameScheduler:
 
     # ------------------------------------------------------------------ worker side
     def _waiting(self) -> list[CameraSlot]:
-        """Slots with a frame waiting, in round-robin order from the cursor."""
+        """Slots with a frame waiting and none in work, in round-robin order from the cursor."""
         n = len(self._order)
         order = (self._order[(self._cursor + i) % n] for i in range(n))
-        return [self.slots[name] for name in order if self.slots[name].pending is not None]
+        return [self.slots[name] for name in order
+                if self.slots[name].pending is not None and name not in self._in_work]
 
     def _expected(self, now: float) -> int:
-        """Streaming cameras (a frame within STREAMING_WINDOW_S) without a frame waiting."""
+        """Streaming cameras (a frame within STREAMING_WINDOW_S), not in work, without a frame
+        waiting."""
         return sum(1 for s in self.slots.values() if s.pending is None
+                   and s.name not in self._in_work
                    and now - s.last_received_at <= STREAMING_WINDOW_S)
 
     def take(self, timeout: Optional[float] = None) -> Optional[list[PendingFrame]]:
-        """Wait for frames and take a batch (marks the worker busy until :meth:`done`).
+        """Wait for frames and take a batch (its cameras are in work until :meth:`done`).
 
         Args:
             timeout: seconds to wait for a first frame (None = until one comes or stop).
@@ -173,26 +182,32 @@ class FrameScheduler:
         """
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
-            while not self._stopped and not self._waiting():
-                left = None if deadline is None else deadline - self._clock()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
-            if self._stopped:
-                return None
-            if self.batch_wait_s > 0 and self.max_batch > 1:
-                until = self._clock() + self.batch_wait_s
-                while (not self._stopped and len(self._waiting()) < self.max_batch
-                       and self._expected(self._clock()) > 0):
-                    left = until - self._clock()
-                    if left <= 0:
-                        break
+            while True:
+                while not self._stopped and (self._gathering or not self._waiting()):
+                    left = None if deadline is None else deadline - self._clock()
+                    if left is not None and left <= 0:
+                        return None
                     self._cond.wait(left)
                 if self._stopped:
                     return None
-            waiting = self._waiting()
-            if not waiting:  # dropped while waiting for the batch
-                return None
+                if self.batch_wait_s > 0 and self.max_batch > 1:
+                    self._gathering = True
+                    try:
+                        until = self._clock() + self.batch_wait_s
+                        while (not self._stopped and len(self._waiting()) < self.max_batch
+                               and self._expected(self._clock()) > 0):
+                            left = until - self._clock()
+                            if left <= 0:
+                                break
+                            self._cond.wait(left)
+                    finally:
+                        self._gathering = False
+                        self._cond.notify_all()
+                    if self._stopped:
+                        return None
+                waiting = self._waiting()
+                if waiting:
+                    break  # else dropped while gathering: wait again
             key = self._key(waiting[0].pending)
             batch: list[PendingFrame] = []
             last = waiting[0]
@@ -205,16 +220,20 @@ class FrameScheduler:
                 slot.pending = None
                 last = slot
             self._cursor = (self._order.index(last.name) + 1) % len(self._order)
-            self._busy = True
+            self._in_work.update(frame.camera for frame in batch)
             self.batch_sizes[len(batch)] += 1
             for frame in batch:
                 self.slots[frame.camera].stats.last_batch_size = len(batch)
             return batch
 
-    def done(self) -> None:
-        """The worker finished the batch it took."""
+    def done(self, batch: Iterable[PendingFrame]) -> None:
+        """A worker finished a batch it took: its cameras may be served again.
+
+        Args:
+            batch: the batch, as :meth:`take` returned it.
+        """
         with self._cond:
-            self._busy = False
+            self._in_work.difference_update(frame.camera for frame in batch)
             self._cond.notify_all()
 
     def stop(self) -> None:
@@ -231,7 +250,7 @@ class FrameScheduler:
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._busy or any(s.pending is not None for s in self.slots.values()):
+            while self._in_work or any(s.pending is not None for s in self.slots.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -62,7 +62,8 @@ from flow2seg_ros.encodings import (
     compressed_msg_to_rgb, image_msg_from_array, image_msg_to_rgb, ImageFormatError)
 from flow2seg_ros.node_params import (
     camera_names, check_params_files, DEFAULTS, describe_type_error, DESCRIPTIONS, NODE_NAME,
-    NodeConfigError, OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters)
+    NodeConfigError, OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters,
+    worker_count)
 from flow2seg_ros.pipeline import FramePipeline
 from flow2seg_ros.weights import load_model
 
@@ -140,7 +141,7 @@ class SegmentationNodeMixin:
         self._configured = False
         self._active = False
         self._scheduler: Optional[FrameScheduler] = None
-        self._worker: Optional[threading.Thread] = None
+        self._workers: List[threading.Thread] = []
         self._diag_timer: Any = None
         self._warned_at: Dict[str, float] = {}
         self.cameras: Dict[str, _Camera] = {}
@@ -218,8 +219,12 @@ class SegmentationNodeMixin:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_label_info = self.create_publisher(
             LabelInfo if LabelInfo is not None else String, '~/label_info', latched)
-        self._worker = threading.Thread(target=self._work, name='flow2seg_worker', daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._work, args=(self._scheduler,),
+                             name=f'flow2seg_worker_{i}', daemon=True)
+            for i in range(worker_count(values))]
+        for worker in self._workers:
+            worker.start()
         self._configured = True
 
     def _activate(self) -> None:
@@ -273,9 +278,9 @@ class SegmentationNodeMixin:
         self._deactivate()
         if self._scheduler is not None:
             self._scheduler.stop()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=10.0)
-        self._worker = None
+        for worker in self._workers:
+            worker.join(timeout=10.0)
+        self._workers = []
         for cam in self.cameras.values():
             for pub in [cam.pub_labels, cam.pub_processing, cam.pub_latency,
                         *cam.pub_optional.values()]:
@@ -402,8 +407,7 @@ class SegmentationNodeMixin:
         scheduler.put(cam.name, rgb, _stamp_seconds(msg.header), msg.header)
 
     # ----------------------------------------------------------------- worker
-    def _work(self) -> None:
-        scheduler = self._scheduler
+    def _work(self, scheduler: FrameScheduler) -> None:
         while True:
             batch = scheduler.take()
             if batch is None:
@@ -411,7 +415,7 @@ class SegmentationNodeMixin:
             try:
                 self._run_batch(batch)
             finally:
-                scheduler.done()
+                scheduler.done(batch)
 
     def wanted_outputs(self, camera: Optional[str] = None) -> Tuple[str, ...]:
         """Pipeline outputs some subscriber wants now (labels are always computed).
@@ -563,7 +567,7 @@ class SegmentationNodeMixin:
     def destroy_node(self) -> None:
         """Stop the worker and free the model, then destroy the node (safe to call twice, and
         on a node whose constructor failed)."""
-        if getattr(self, '_configured', False) or getattr(self, '_worker', None) is not None:
+        if getattr(self, '_configured', False) or getattr(self, '_workers', None):
             self._cleanup()
         super().destroy_node()
 

@@ -8,7 +8,6 @@ does, so that a missing or malformed file is reported in one sentence.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,16 +18,14 @@ from flow2seg_ros.pipeline import PipelineConfig
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
            'RUNTIME', 'camera_names', 'check_params_files', 'describe_type_error',
-           'pipeline_config', 'validate_parameters']
+           'pipeline_config', 'validate_parameters', 'worker_count']
 
 NODE_NAME = 'flow2seg_node'
-
-#: whether this PipelineConfig chooses an inference backend (torch / onnxruntime / auto)
-_HAS_BACKEND = 'backend' in {f.name for f in dataclasses.fields(PipelineConfig)}
 
 DEFAULTS: Dict[str, Any] = {
     'model_path': '',
     'device': 'auto',
+    'backend': 'auto',
     'precision': 'fp32',
     'network_image_width': 0,
     'network_image_height': 0,
@@ -47,13 +44,14 @@ DEFAULTS: Dict[str, Any] = {
     'cameras': [],
     'batch_wait_ms': 5.0,
     'max_batch_size': 0,
+    'workers': 0,
 }
-if _HAS_BACKEND:
-    DEFAULTS['backend'] = 'auto'
 
 DESCRIPTIONS = {
     'model_path': "Flow2Seg .safetensors file with its .json model card; '' = the bundled model.",
     'device': 'auto (CUDA when present, else CPU), cpu, cuda or cuda:N.',
+    'backend': 'Who runs the network on the CPU: auto (onnxruntime where installed), torch '
+               'or onnxruntime.',
     'precision': 'fp32 or fp16 (fp16 on CUDA only).',
     'network_image_width': "Network input width in pixels; 0 = the model card's.",
     'network_image_height': "Network input height in pixels; 0 = the model card's.",
@@ -74,7 +72,8 @@ DESCRIPTIONS = {
     'batch_wait_ms': "Longest wait for other cameras' frames to batch with one that waits "
                      '(0 = never wait).',
     'max_batch_size': 'Most frames in one network call (0 = one per camera, 1 = no batches).',
-    'backend': 'Inference backend: auto, torch or onnxruntime.',
+    'workers': 'Threads running frames (each camera one frame at a time); 0 = 1 for one '
+               'camera, 2 for several.',
 }
 
 #: Parameters that may change while the node runs; every other one requires a restart.
@@ -92,13 +91,12 @@ OPTIONAL_OUTPUTS: Dict[str, Tuple[str, str]] = {
 # parameter -> the PipelineConfig field it sets ('' and 0 mean "the model card's")
 _CONFIG_FIELDS = {
     'device': 'device',
+    'backend': 'backend',
     'precision': 'precision',
     'flow_method': 'flow_method',
     'overlay_alpha': 'overlay_alpha',
     'max_frame_gap_s': 'max_gap_s',
 }
-if _HAS_BACKEND:
-    _CONFIG_FIELDS['backend'] = 'backend'
 
 _CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
@@ -137,12 +135,18 @@ def validate_parameters(values: Dict[str, Any]) -> List[str]:
     def bad(name: str, why: str) -> None:
         problems.append(f'{name}={values[name]!r}: {why}')
 
+    device_ok = True
     for name, fld in _CONFIG_FIELDS.items():
         if name in values:
+            given = {fld: _config_value(name, values[name])}
+            if name == 'backend':  # which backends can run depends on the device
+                given['device'] = values['device'] if 'device' in values and device_ok \
+                    else 'cpu'
             try:
-                PipelineConfig(**{fld: _config_value(name, values[name])}).validate()
+                PipelineConfig(**given).validate()
             except ValueError as exc:
                 bad(name, str(exc))
+                device_ok = device_ok and name != 'device'
     if 'network_image_width' in values and 'network_image_height' in values:
         w, h = int(values['network_image_width']), int(values['network_image_height'])
         if (w == 0) != (h == 0):
@@ -168,6 +172,8 @@ def validate_parameters(values: Dict[str, Any]) -> List[str]:
         bad('batch_wait_ms', 'must be in [0, 1000] ms')
     if 'max_batch_size' in values and int(values['max_batch_size']) < 0:
         bad('max_batch_size', 'must be >= 0 (0 = one frame per camera)')
+    if 'workers' in values and not 0 <= int(values['workers']) <= 16:
+        bad('workers', 'must be in [0, 16] (0 = 1 for one camera, 2 for several)')
     if values.get('cameras'):
         names = list(values['cameras'])
         wrong = [n for n in names if not _CAMERA_NAME.match(n)]
@@ -184,6 +190,12 @@ def camera_names(values: Dict[str, Any]) -> List[str]:
     return list(values.get('cameras') or [''])
 
 
+def worker_count(values: Dict[str, Any]) -> int:
+    """Worker threads to run: ``workers``, or for 0 one per camera up to two."""
+    cameras = len(camera_names(values))
+    return min(int(values['workers']) or 2, cameras)
+
+
 def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
     """Build the :class:`~flow2seg_ros.pipeline.PipelineConfig` the parameters describe.
 
@@ -191,17 +203,16 @@ def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
         values: parameter values keyed like :data:`DEFAULTS`.
     """
     width, height = int(values['network_image_width']), int(values['network_image_height'])
-    extra = {'backend': values['backend']} if _HAS_BACKEND and 'backend' in values else {}
     return PipelineConfig(
         weights=values['model_path'] or None,
         device=values['device'],
+        backend=values['backend'],
         precision=values['precision'],
         input_size=(height, width) if width and height else None,
         flow_method=values['flow_method'] or None,
         flow_preset=values['flow_preset'] or None,
         overlay_alpha=float(values['overlay_alpha']),
         max_gap_s=float(values['max_frame_gap_s']),
-        **extra,
     )
 
 

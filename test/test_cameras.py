@@ -1,0 +1,150 @@
+"""FrameScheduler without ROS: latest-wins slots, round robin, batches and the bounded wait."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from flow2seg_ros.cameras import FrameScheduler
+
+
+def _rgb(value, h=4, w=6):
+    return np.full((h, w, 3), value, np.uint8)
+
+
+def test_latest_wins_and_pairs_with_the_frame_received_before():
+    s = FrameScheduler(['a'])
+    assert s.put('a', _rgb(1), 1.0, 'h1') is False
+    assert s.put('a', _rgb(2), 2.0, 'h2') is True
+    assert s.put('a', _rgb(3), 3.0, 'h3') is True
+    batch = s.take(timeout=1.0)
+    (frame,) = batch
+    assert (frame.camera, frame.stamp, frame.meta) == ('a', 3.0, 'h3')
+    assert frame.prev[1] == 2.0 and frame.prev[0][0, 0, 0] == 2  # received, not processed
+    assert s.slots['a'].stats.dropped == 2
+    s.done(batch)
+    assert s.take(timeout=0.01) is None  # nothing waits
+
+
+def test_round_robin_serves_every_camera_in_turn():
+    s = FrameScheduler(['a', 'b', 'c'], max_batch=1)
+    for name in 'abc':
+        s.put(name, _rgb(0), 1.0)
+    order = []
+    for _ in range(3):
+        batch = s.take(timeout=1.0)
+        order.append(batch[0].camera)
+        s.done(batch)
+    assert order == ['a', 'b', 'c']
+    # a flooding camera never gets two turns while another camera waits
+    served = []
+    s.put('b', _rgb(0), 2.0)
+    for i in range(6):
+        s.put('a', _rgb(0), 3.0 + i)
+        if i == 3:
+            s.put('c', _rgb(0), 3.0)
+        batch = s.take(timeout=1.0)
+        served.append(batch[0].camera)
+        s.done(batch)
+    assert served == ['a', 'b', 'a', 'c', 'a', 'a']
+
+
+def test_waiting_frames_of_several_cameras_form_one_batch():
+    s = FrameScheduler(['a', 'b', 'c'])
+    s.put('b', _rgb(0), 1.0)
+    s.put('c', _rgb(0), 1.0)
+    batch = s.take(timeout=1.0)
+    assert [f.camera for f in batch] == ['b', 'c']
+    s.done(batch)
+    s.put('a', _rgb(0), 2.0)
+    s.put('b', _rgb(0), 2.0)
+    s.put('c', _rgb(0), 2.0)
+    batch = s.take(timeout=1.0)
+    assert [f.camera for f in batch] == ['a', 'b', 'c']  # after c comes a
+    s.done(batch)
+    assert s.batch_sizes == {2: 1, 3: 1}
+    assert s.slots['a'].stats.last_batch_size == 3
+
+
+def test_batches_hold_one_key_and_at_most_max_batch():
+    s = FrameScheduler(['a', 'b', 'c'], max_batch=2, key=lambda f: f.rgb.shape)
+    s.put('a', _rgb(0, 4, 6), 1.0)
+    s.put('b', _rgb(0, 8, 6), 1.0)
+    s.put('c', _rgb(0, 4, 6), 1.0)
+    batch = s.take(timeout=1.0)
+    assert [f.camera for f in batch] == ['a', 'c']
+    s.done(batch)
+    assert [f.camera for f in s.take(timeout=1.0)] == ['b']
+
+
+def test_bounded_wait_for_a_streaming_camera():
+    s = FrameScheduler(['a', 'b'], batch_wait_s=0.5)
+    # b has never sent a frame: nobody to wait for
+    s.put('a', _rgb(0), 1.0)
+    t0 = time.monotonic()
+    batch = s.take(timeout=1.0)
+    assert [f.camera for f in batch] == ['a']
+    assert time.monotonic() - t0 < 0.4
+    s.done(batch)
+    # b streams: a's frame waits for b's, which comes 50 ms later
+    s.put('b', _rgb(0), 1.0)
+    s.done(s.take(timeout=1.0))
+    s.put('a', _rgb(0), 2.0)
+    later = threading.Timer(0.05, lambda: s.put('b', _rgb(0), 2.0))
+    later.start()
+    batch = s.take(timeout=1.0)
+    later.join()
+    assert [f.camera for f in batch] == ['a', 'b']
+    s.done(batch)
+    # b streams but sends nothing more: the wait ends at its bound
+    s.put('a', _rgb(0), 3.0)
+    t0 = time.monotonic()
+    assert [f.camera for f in s.take(timeout=2.0)] == ['a']
+    assert 0.45 <= time.monotonic() - t0 < 2.0
+
+
+def test_drop_pending_stop_and_wait_idle():
+    s = FrameScheduler(['a', 'b'])
+    s.put('a', _rgb(0), 1.0)
+    s.put('b', _rgb(0), 1.0)
+    assert not s.wait_idle(0.01)
+    assert s.drop_pending() == 2
+    assert s.wait_idle(0.01)
+    s.put('a', _rgb(0), 2.0)
+    batch = s.take(timeout=1.0)
+    assert batch[0].prev is None  # what was received before the drop is forgotten
+    assert not s.wait_idle(0.01)  # a batch is in work
+    s.done(batch)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(s.take()))
+    waiter.start()
+    s.stop()
+    waiter.join(2.0)
+    assert got == [None]
+
+
+def test_a_camera_in_work_waits_for_its_frame_to_finish():
+    """Two workers: a flooding camera in work does not keep the other worker from a slow one,
+    and never has two frames in work."""
+    s = FrameScheduler(['fast', 'slow'], max_batch=1)
+    s.put('fast', _rgb(0), 1.0)
+    first = s.take(timeout=1.0)
+    s.put('fast', _rgb(0), 1.1)  # waits: its camera is in work
+    assert s.take(timeout=0.05) is None
+    s.put('slow', _rgb(0), 1.1)
+    second = s.take(timeout=1.0)  # the second worker starts the slow camera's frame at once
+    assert [f.camera for f in second] == ['slow']
+    s.done(first)
+    third = s.take(timeout=1.0)
+    assert [(f.camera, f.stamp) for f in third] == [('fast', 1.1)]
+    s.done(second)
+    s.done(third)
+    assert s.wait_idle(0.01)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='unique'):
+        FrameScheduler(['a', 'a'])
+    with pytest.raises(ValueError, match='>= 0'):
+        FrameScheduler(['a'], batch_wait_s=-1.0)
