@@ -35,6 +35,7 @@ setup(
             'flow2seg-bag-eval = flow2seg_ros.bag_eval:main',
             'flow2seg-make-bag = flow2seg_ros.make_bag:main',
             'flow2seg-bench = flow2seg_ros.bench:main',
+            'flow2seg-export = flow2seg_ros.export:main',
             'flow2seg-demo = flow2seg_ros.demo:main',
         ],
     },

@@ -20,7 +20,8 @@ Three steps, public so that several cameras can share one network call:
   instances that share one model object: a multi-camera node keeps one FramePipeline per camera
   (per-camera state) built with the same ``model=`` and calls ``infer`` on any one of them, or
   :func:`infer_batch`, with the frames of all cameras. Returns, per frame, a dict
-  ``{head: (1, C, h, w) logits}`` for the heads the network made.
+  ``{head: (1, C, h, w) logits}`` for the heads the network made (on the CPU at the network's
+  native strides, :mod:`flow2seg_ros.cpu_path`: ONNX Runtime or torch, flow overlapped).
 * :meth:`FramePipeline.finish` ``(frame, out, *, outputs=..., heads=...) -> FrameResult``:
   argmax, labels (and the pictures asked for) at the input's size. Call it on the frame's own
   pipeline (it counts the frame there).
@@ -28,7 +29,8 @@ Three steps, public so that several cameras can share one network call:
 :meth:`FramePipeline.process` is ``prepare`` + ``infer`` + ``finish`` for one frame. Each step
 adds its stages to ``frame.timings`` (ms): ``resize``; ``flow``, ``network``; ``argmax``,
 ``resize_back``, ``colour``; ``total`` is their sum. In a batch of several frames, ``network``
-is the batch's time, given to each frame.
+is the batch's time, given to each frame. With the flow overlapped, ``flow`` is what the image
+path did not hide, and ``flow_thread`` (not in ``total``) the flow thread's own time.
 """
 from __future__ import annotations
 
@@ -40,8 +42,11 @@ from typing import Any, Iterable, Optional, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from flow2seg_ros.backends import make_runner, resolve_backend
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.cpu_path import CONCURRENT_STAGES, CpuPath, upsampled_labels
 from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
@@ -76,6 +81,13 @@ class PipelineConfig:
         threads: torch CPU threads (0 = leave torch's default).
         cuda_graphs: on CUDA, replay the fixed-shape stages of a frame as CUDA graphs (captured
             at the first frame of a size); False runs them eagerly.
+        backend: who runs the network on the CPU: ``onnxruntime``, ``torch``, or ``auto`` (the
+            one measured faster on the device: ONNX Runtime on the CPU, torch on CUDA).
+        onnx: for ONNX Runtime, a ``flow2seg-export`` file of these weights at the input size;
+            None = exported on first use into the cache (``FLOW2SEG_CACHE``, else
+            ``~/.cache/flow2seg_ros``).
+        overlap_flow: on the CPU, compute the flow (and the flow path) in a second thread while
+            the image path runs.
     """
 
     weights: Optional[str] = None
@@ -89,10 +101,13 @@ class PipelineConfig:
     max_gap_s: float = 0.5
     threads: int = 0
     cuda_graphs: bool = True
+    backend: str = 'auto'
+    onnx: Optional[str] = None
+    overlap_flow: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
-        resolve_device(self.device)
+        resolve_backend(self.backend, resolve_device(self.device))
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
         if self.input_size is not None:
@@ -239,6 +254,15 @@ class FramePipeline:
             flow_estimator = make_flow_estimator(method, preset, device=str(self.device),
                                                  weights=config.flow_weights)
         self.flow_estimator = flow_estimator
+        # CPU path (issue 12): the network through a backend, the flow in a second thread
+        self.backend = resolve_backend(config.backend, self.device)
+        self.cpu_path: Optional[CpuPath] = None
+        if self.device.type == 'cpu':
+            runner = make_runner(self.backend, self.model, card, device=self.device,
+                                 input_size=self.input_size, threads=config.threads,
+                                 onnx_path=config.onnx)
+            self.cpu_path = CpuPath(runner, flow_scale=self.flow_scale,
+                                    overlap=config.overlap_flow, threads=config.threads)
         self._prev: Optional[_Frame] = None
         self._pinned: Optional[torch.Tensor] = None  # page-locked upload buffer (CUDA only)
         # --- device path (issue 11): on CUDA the frame goes up once, outputs come down once ---
@@ -250,10 +274,6 @@ class FramePipeline:
         # --- end device path ---
         self.frames = 0
         self.resets = 0
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        return self.input_size
 
     def reset(self) -> None:
         """Forget the previous frame: the next frame is segmented as a first frame."""
@@ -384,6 +404,8 @@ class FramePipeline:
             if f.pipeline.model is not self.model:
                 raise ValueError('a batch may only hold frames of pipelines that share '
                                  'one model object')
+        if self.cpu_path is not None:  # CPU path: native-stride logits, flow overlapped
+            return self.cpu_path.infer(frames, self._network_input([f.small for f in frames]))
         for f in frames:
             timer = _Timer(self.device.type == 'cuda', f.timings)
             estimator = f.pipeline.flow_estimator
@@ -452,23 +474,21 @@ class FramePipeline:
             return self._finish_on_device(frame, out, outputs, heads, timer)
         want_conf = 'confidence' in outputs
         fused = out['fused']
+        conf_small = None
         if want_conf:
-            conf_t, lab_t = torch.softmax(fused.float(), 1).max(1)
+            conf_t, lab_t = torch.softmax(self._full_size(fused).float(), 1).max(1)
+            labels_small = lab_t[0].to(torch.uint8).cpu().numpy()
+            conf_small = (conf_t[0] * 255).round().to(torch.uint8).cpu().numpy()
         else:
-            # max(1).indices equals argmax(1) (first maximum on ties) and is several times
-            # faster over a (1, C, H, W) tensor on CPUs, where argmax(1) reduces along a stride
-            lab_t = fused.max(1).indices
-        labels_small = lab_t[0].to(torch.uint8).cpu().numpy()
+            labels_small = self._labels_small(fused)
         head_small = {}
         for h in heads:
             if h == 'fused':
                 head_small[h] = labels_small
             elif h in out:
-                head_small[h] = out[h].max(1).indices[0].to(torch.uint8).cpu().numpy()
+                head_small[h] = self._labels_small(out[h])
             else:
                 head_small[h] = None
-        conf_small = (conf_t[0] * 255).round().to(torch.uint8).cpu().numpy() if want_conf \
-            else None
         flow_np = None if frame.flow is None else frame.flow.cpu().numpy()
         timer.lap('argmax')
 
@@ -501,8 +521,24 @@ class FramePipeline:
 
         self.frames += 1
         result.timings = dict(frame.timings)
-        result.timings['total'] = sum(frame.timings.values())
+        result.timings['total'] = sum(v for k, v in frame.timings.items()
+                                      if k not in CONCURRENT_STAGES)
         return result
+
+    def _full_size(self, logits: torch.Tensor) -> torch.Tensor:
+        """(1, C, h, w) logits upsampled (bilinear) to the network's input size."""
+        if tuple(logits.shape[-2:]) == self.input_size:
+            return logits
+        return F.interpolate(logits.float(), size=self.input_size, mode='bilinear',
+                             align_corners=False)
+
+    def _labels_small(self, logits: torch.Tensor) -> np.ndarray:
+        """Labels at the network's input size from (1, C, h, w) logits at any stride."""
+        if logits.device.type == 'cpu' and tuple(logits.shape[-2:]) != self.input_size:
+            return upsampled_labels(logits[0].float().numpy(), self.input_size)
+        # max(1).indices equals argmax(1) (first maximum on ties) and is several times
+        # faster over a (1, C, H, W) tensor on CPUs, where argmax(1) reduces along a stride
+        return self._full_size(logits).max(1).indices[0].to(torch.uint8).cpu().numpy()
 
     def _finish_on_device(self, frame: PreparedFrame, out: dict[str, torch.Tensor],
                           outputs: set[str], heads: tuple[str, ...],
@@ -517,7 +553,8 @@ class FramePipeline:
                              flow_rgb=got['flow_rgb'], head_labels=got['head_labels'])
         self.frames += 1
         result.timings = dict(frame.timings)
-        result.timings['total'] = sum(frame.timings.values())
+        result.timings['total'] = sum(v for k, v in frame.timings.items()
+                                      if k not in CONCURRENT_STAGES)
         return result
 
     def process(self, rgb: np.ndarray, stamp: float, *,

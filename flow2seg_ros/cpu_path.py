@@ -1,0 +1,187 @@
+"""The pipeline's CPU path: the network through a backend, the flow overlapped with the image path,
+and labels from logits at their native stride.
+
+On the CPU the image path of a frame does not need its flow, so while it runs, a second thread
+computes the flow (OpenCV DIS, or any :class:`~flow2seg_ros.flow.FlowEstimator`) and the flow
+path's logits; the fusion then joins both. Threads are split so that they do not fight over the
+cores: the flow thread uses one (its torch and ONNX Runtime work single-threaded), the image path
+the others (:meth:`~flow2seg_ros.backends.TorchRunner.image_logits` with ``shared=True``), and
+work that runs alone (frames without flow, the fusion) uses all of them.
+
+Labels (:func:`upsampled_labels`): the network's logits are at stride 8; the labels at the
+network's input size are the argmax of their bilinear upsampling. Where the four stride-8 cells
+around a pixel agree on their argmax, the upsampled logits (a convex combination of the four)
+have the same argmax, so only pixels between cells that disagree (about a tenth) are upsampled
+and compared: the same labels as upsampling everything, for a fraction of the work.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from flow2seg_ros.flow import scale_flow
+
+__all__ = ['CONCURRENT_STAGES', 'upsampled_labels', 'CpuPath']
+
+#: Timings (ms) of work done in the flow thread alongside the others; not part of a total.
+CONCURRENT_STAGES = ('flow_thread',)
+
+
+def _source_index(n_out: int, n_in: int) -> tuple[np.ndarray, ...]:
+    # torch's bilinear source index with align_corners=False: (i + 0.5) * in / out - 0.5, >= 0
+    scale = np.float32(n_in / n_out)
+    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale
+                     - np.float32(0.5), np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = (src - i0).astype(np.float32)
+    return i0, i1, (np.float32(1.0) - w1).astype(np.float32), w1
+
+
+def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Argmax over C of the logits upsampled bilinearly (``align_corners=False``) to ``size``.
+
+    Computes upsampled logits only where the four neighbouring cells disagree on their argmax.
+
+    Args:
+        logits: (C, h, w) float32.
+        size: output (H, W).
+
+    Returns:
+        (H, W) uint8 labels (first maximum on ties, like ``argmax``).
+    """
+    c, h, w = logits.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    native = logits.argmax(0).astype(np.uint8)
+    if (h, w) == (out_h, out_w):
+        return native
+    y0, y1, wy0, wy1 = _source_index(out_h, h)
+    x0, x1, wx0, wx1 = _source_index(out_w, w)
+    down = np.minimum(np.arange(h) + 1, h - 1)
+    right = np.minimum(np.arange(w) + 1, w - 1)
+    agree = (native == native[:, right]) & (native == native[down]) & \
+        (native == native[down][:, right])
+    labels = native[y0][:, x0]
+    ys, xs = np.nonzero(~agree[y0][:, x0])
+    if ys.size:
+        cells = np.ascontiguousarray(logits.transpose(1, 2, 0))  # (h, w, C)
+        a0, a1, b0, b1 = y0[ys], y1[ys], x0[xs], x1[xs]
+        u0, u1 = wx0[xs, None], wx1[xs, None]
+        mixed = wy0[ys, None] * (u0 * cells[a0, b0] + u1 * cells[a0, b1]) + \
+            wy1[ys, None] * (u0 * cells[a1, b0] + u1 * cells[a1, b1])
+        labels[ys, xs] = mixed.argmax(1)
+    return labels
+
+
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+class CpuPath:
+    """Runs the network's parts for a batch of prepared frames, the flow in its own thread.
+
+    Args:
+        runner: a :mod:`flow2seg_ros.backends` runner (``image_logits``, ``flow_logits``,
+            ``fuse``, ``has_flow``).
+        flow_scale: the model card's ``flow.scale``.
+        overlap: run the flow (estimator and flow path) alongside the image path.
+        threads: CPU threads of the pipeline (0 = torch's setting); no overlap below 2.
+    """
+
+    def __init__(self, runner: Any, *, flow_scale: float, overlap: bool = True,
+                 threads: int = 0) -> None:
+        self.runner = runner
+        self.flow_scale = flow_scale
+        self.threads = threads or torch.get_num_threads()
+        self.overlap = bool(overlap) and self.threads >= 2
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def _flow_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='flow2seg-flow',
+                                            initializer=_single_thread)
+            self._pool.submit(lambda: None).result()
+            # the worker set its own thread count to 1; this thread keeps all of them
+            torch.set_num_threads(self.threads)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the flow thread (a later frame starts it again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _flow_job(self, frames: Sequence[Any]) -> tuple[torch.Tensor, list[float], float]:
+        # flow for each frame, from its own pipeline's estimator, then the flow path on the batch
+        with torch.inference_mode():
+            estimator_ms = []
+            for f in frames:
+                t0 = time.perf_counter()
+                f.flow = f.pipeline.flow_estimator(f.prev_small, f.small).to('cpu')
+                estimator_ms.append(1000.0 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            flow = scale_flow(torch.stack([f.flow for f in frames]), self.flow_scale)
+            logits = self.runner.flow_logits(flow)
+            return logits, estimator_ms, 1000.0 * (time.perf_counter() - t0)
+
+    def infer(self, frames: Sequence[Any], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The network's native-stride logits for each frame; sets ``frame.flow`` and timings.
+
+        Stages: ``flow`` (the flow time the image path did not hide; all of it without
+        overlap), ``network`` (image path, fusion, and the flow path when not overlapped) and
+        ``flow_thread`` (the flow thread's own time, estimator and flow path, when overlapped).
+
+        Args:
+            frames: prepared frames (``prev_small`` set where flow is wanted).
+            x: their (N, 3, H, W) normalised images.
+
+        Returns:
+            Per frame ``{'fused', 'image'[, 'flow']: (1, C, h, w) logits}``.
+        """
+        idx = [i for i, f in enumerate(frames) if f.prev_small is not None] \
+            if self.runner.has_flow else []
+        flow_frames = [frames[i] for i in idx]
+        t0 = time.perf_counter()
+        flow_logits = None
+        if idx and self.overlap:
+            job = self._flow_pool().submit(self._flow_job, flow_frames)
+            try:
+                image_logits = self.runner.image_logits(x, shared=True)
+            finally:
+                t1 = time.perf_counter()
+                flow_logits, estimator_ms, path_ms = job.result()
+            waited = 1000.0 * (time.perf_counter() - t1)
+            for f, ms in zip(flow_frames, estimator_ms):
+                f.timings['flow'] = f.timings.get('flow', 0.0) + waited
+                f.timings['flow_thread'] = ms + path_ms
+            t0 += waited / 1000.0
+        else:
+            if idx:
+                flow_logits, estimator_ms, _ = self._flow_job(flow_frames)
+                for f, ms in zip(flow_frames, estimator_ms):
+                    f.timings['flow'] = f.timings.get('flow', 0.0) + ms
+                t0 += sum(estimator_ms) / 1000.0
+            image_logits = self.runner.image_logits(x)
+        fused = image_logits
+        if flow_logits is not None:
+            fused = image_logits.clone() if len(idx) < len(frames) else None
+            joined = self.runner.fuse(image_logits[idx], flow_logits)
+            if fused is None:
+                fused = joined
+            else:
+                fused[idx] = joined
+        network_ms = 1000.0 * (time.perf_counter() - t0)
+        outs = []
+        where = {i: j for j, i in enumerate(idx)}
+        for i, f in enumerate(frames):
+            f.timings['network'] = f.timings.get('network', 0.0) + network_ms
+            f.timings.setdefault('flow', 0.0)
+            out = {'fused': fused[i:i + 1], 'image': image_logits[i:i + 1]}
+            if i in where:
+                out['flow'] = flow_logits[where[i]:where[i] + 1]
+            outs.append(out)
+        return outs
