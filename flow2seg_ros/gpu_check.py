@@ -1,0 +1,452 @@
+"""make gpu-check: one command that checks the CUDA path on a machine with an NVIDIA GPU.
+
+1. The tests marked ``cuda`` (pytest, in a subprocess): CPU/CUDA label agreement, CUDA graph
+   replay against eager, recapture after a resolution change, buffers reused safely.
+2. The pipeline as the node runs it, timed frame by frame: an ``rgb8`` camera message converted
+   (``encodings.image_msg_to_rgb``), :meth:`FramePipeline.process` (upload to published outputs
+   on the host), the three output messages built (``encodings.image_msg_from_array``; rclpy's
+   types when rclpy is there, a stand-in otherwise). Over both presets (the bundled lite model;
+   the paper preset with random weights), 512x256 and 1024x512 networks, 1280x720 and 2048x1024
+   camera frames, each precision, CUDA graphs on and off. Medians of the timed frames.
+3. ``torch.compile`` of the lite network against the same network replayed as a CUDA graph:
+   compile time, steady time, recompiles over 20 calls.
+
+Prints one table, writes ``gpu_check.json`` under ``--out`` (default ``$OUT``, else
+``gpu_check_out``), and exits non-zero when a CUDA test fails (or a timed run breaks). Without
+CUDA it says so, runs the device path's CPU tests and a reduced CPU run of the harness, and
+measures no GPU figure. Needs torch, torchvision, OpenCV, numpy, safetensors and PyYAML only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from flow2seg_ros.bench import environment, make_message
+from flow2seg_ros.classes import cityscapes_classes, ClassSet
+from flow2seg_ros.device_path import DevicePath
+from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
+from flow2seg_ros.frames import scene_frames
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, PRECISIONS
+from flow2seg_ros.weights import load_model, random_model
+
+__all__ = ['AIMS', 'run_tests', 'time_config', 'time_compile', 'check_aims', 'format_table',
+           'main']
+
+REPO = Path(__file__).resolve().parents[1]
+NETWORKS = ((512, 256), (1024, 512))  # (W, H)
+CAMERAS = ((1280, 720), (2048, 1024))
+#: The issue's aims: lite from 720p upload-to-outputs, paper fps, node share, precisions.
+AIMS = {'lite_720p_ms': 3.0, 'paper_fps': 100.0, 'node_share_2048': 0.25,
+        'low_precision_slack': 1.03}
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float('nan')
+
+
+def _message_type() -> Any:
+    try:
+        from sensor_msgs.msg import Image
+        return Image
+    except ImportError:
+        return None
+
+
+def run_tests(cuda: bool) -> dict[str, Any]:
+    """The device path's tests in a subprocess: those marked ``cuda`` on a GPU, else the CPU ones.
+
+    Args:
+        cuda: whether a CUDA device is present.
+    """
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / 'test').glob('test_*.py')
+                   if 'mark.cuda' in p.read_text())
+    marker = ['-m', 'cuda'] if cuda else ['-m', 'not cuda']
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *marker, *files]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()
+    return {'command': ' '.join(cmd[1:]), 'returncode': proc.returncode,
+            'seconds': round(time.perf_counter() - t0, 1), 'summary': tail[-1] if tail else '',
+            'output_tail': tail[-40:]}
+
+
+def _classes19() -> ClassSet:
+    try:
+        return cityscapes_classes()
+    except ImportError:  # cityscapesScripts absent: 19 classes with generated colours
+        rng = np.random.default_rng(0)
+        return ClassSet([f'class{i}' for i in range(19)],
+                        [tuple(int(c) for c in rng.integers(0, 255, 3)) for i in range(19)])
+
+
+def models(device: torch.device) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+    """``{'lite': bundled (model, card), 'paper': random-weight (model, card)}`` on ``device``."""
+    lite, lite_card = load_model(None, device=str(device))
+    paper, paper_card = random_model('paper', classes=_classes19(), input_size=(256, 512))
+    return {'lite': (lite, lite_card), 'paper': (paper.to(device), paper_card)}
+
+
+def flow_estimator(kind: str, device: torch.device) -> tuple[Any, str]:
+    """The flow estimator to time: ``learned`` (on the device) or ``card`` (the model card's).
+
+    Returns:
+        ``(estimator or None for the card's, description)``.
+    """
+    if kind == 'card':
+        return None, 'model card'
+    from flow2seg_ros.flow import make_flow_estimator
+    try:
+        return make_flow_estimator('learned', '', device=str(device)), 'learned (device)'
+    except (ValueError, OSError) as exc:
+        if kind == 'learned':
+            raise
+        return None, f'model card (learned flow unavailable: {exc})'
+
+
+def _output_messages(result: Any, header: Any, image_type: Any) -> list[Any]:
+    return [image_msg_from_array(array, encoding, header, image_type or SimpleNamespace)
+            for array, encoding in ((result.labels, 'mono8'), (result.color_mask, 'rgb8'),
+                                    (result.overlay, 'rgb8'))]
+
+
+def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
+                network: tuple[int, int], camera: tuple[int, int], precision: str,
+                graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
+                estimator: Any = None, device_path_on_cpu: bool = False) -> dict[str, Any]:
+    """Frames through what the node does, per stage; medians over the frames after ``warmup``.
+
+    Args:
+        model: the network (shared by the configs).
+        card: its model card.
+        preset: the preset's name (for the report).
+        network: network input (W, H).
+        camera: camera frame (W, H).
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        graphs: CUDA graphs on.
+        device: where the pipeline runs.
+        frames: camera frames (RGB uint8).
+        warmup: frames not timed (the first has no flow; graphs are captured in the next ones).
+        estimator: flow estimator (None: the model card's).
+        device_path_on_cpu: on the CPU, run the device path's code (eagerly) instead of the
+            CPU path: the harness checked end to end without a GPU.
+    """
+    config = PipelineConfig(device=str(device), precision=precision,
+                            input_size=(network[1], network[0]), cuda_graphs=graphs)
+    pipe = FramePipeline(config, model=model, card=card, flow_estimator=estimator)
+    if device_path_on_cpu and device.type == 'cpu':
+        pipe.cpu_path = None  # the pipeline as on CUDA
+        pipe.device_path = DevicePath.for_pipeline(pipe)
+    image_type = _message_type()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    stages: dict[str, list[float]] = {}
+    for i, rgb in enumerate(frames):
+        stamp = 100.0 + i / 30.0
+        msg = make_message(rgb, 'rgb8', stamp, image_type=image_type)
+        t0 = time.perf_counter()
+        frame = image_msg_to_rgb(msg)
+        t1 = time.perf_counter()
+        result = pipe.process(frame, stamp, outputs=('color_mask', 'overlay'))
+        t2 = time.perf_counter()
+        _output_messages(result, msg.header, image_type)
+        t3 = time.perf_counter()
+        if i < warmup:
+            continue
+        if result.reset_reason is not None:
+            raise RuntimeError(f'frame {i} reset the flow state ({result.reset_reason})')
+        for key, ms in (('convert', t1 - t0), ('process', t2 - t1), ('messages', t3 - t2),
+                        ('frame', t3 - t0)):
+            stages.setdefault(key, []).append(1e3 * ms)
+        for key, ms in result.timings.items():
+            stages.setdefault(f'pipeline.{key}', []).append(ms)
+    med = {k: _median(v) for k, v in stages.items()}
+    runner = pipe.device_path.runner if pipe.device_path is not None else None
+    out = {
+        'preset': preset, 'network': list(network), 'camera': list(camera),
+        'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
+        'device_path': pipe.device_path is not None,
+        'flow': type(pipe.flow_estimator).__name__ if pipe.flow_estimator else None,
+        'frames_timed': len(stages.get('frame', [])), 'median_ms': med,
+        'process_fps': 1e3 / med['process'] if med.get('process') else float('nan'),
+        'frame_fps': 1e3 / med['frame'] if med.get('frame') else float('nan'),
+        # what the node adds around the pipeline: message in, three messages out
+        'node_share': (med['convert'] + med['messages']) / med['frame'] if med.get('frame')
+        else float('nan'),
+    }
+    if runner is not None:
+        out['graph_captures'] = runner.captures
+        out['graph_failures'] = dict(runner.failed)
+    if device.type == 'cuda':
+        out['gpu_max_memory_mb'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return out
+
+
+def time_compile(model: torch.nn.Module, card: dict[str, Any], device: torch.device, *,
+                 precision: str = 'fp32', calls: int = 20) -> dict[str, Any]:
+    """``torch.compile`` of the network against eager and the device path's CUDA graph.
+
+    Args:
+        model: the lite network.
+        card: its card (input size).
+        device: a CUDA device.
+        precision: autocast precision, held constant over the calls.
+        calls: steady-state calls timed (and watched for recompiles).
+    """
+    h, w = card['input_size']
+    x = torch.randn(1, 3, h, w, device=device)
+    f = torch.randn(1, 2, h, w, device=device) * 0.1
+    path = DevicePath(device, input_size=(h, w), mean=(0, 0, 0), std=(1, 1, 1),
+                      palette=np.zeros((256, 3), np.uint8), precision=precision)
+
+    def timed(fn: Callable[[], Any], n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return times
+
+    path.runner.enabled = False
+    eager = _median(timed(lambda: path.network(model, x, f, ('fused',)), calls))
+    path.runner.enabled = True
+    graph = _median(timed(lambda: path.network(model, x, f, ('fused',)), calls + 3)[3:])
+    out: dict[str, Any] = {'precision': precision, 'input': [w, h], 'eager_ms': eager,
+                           'graph_ms': graph}
+    try:
+        from torch._dynamo.utils import counters
+        compiled = torch.compile(model)
+        t0 = time.perf_counter()
+        path.runner.enabled = False
+        path.network(compiled, x, f, ('fused',))
+        torch.cuda.synchronize()
+        out['compile_first_call_s'] = round(time.perf_counter() - t0, 1)
+        before = sum(counters['frames'].values())
+        out['compiled_ms'] = _median(timed(lambda: path.network(compiled, x, f, ('fused',)),
+                                           calls))
+        out['recompiles'] = sum(counters['frames'].values()) - before
+        out['compiled_faster_than_graph'] = out['compiled_ms'] < graph
+    except Exception as exc:  # a missing compiler is a finding, not a crash
+        out['compile_error'] = f'{type(exc).__name__}: {exc}'[:500]
+    return out
+
+
+def check_aims(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's aims against the timed configs (graphs on, the best precision)."""
+    def best(preset: str, network: Sequence[int], camera: Sequence[int]
+             ) -> Optional[dict[str, Any]]:
+        rows = [c for c in configs if c['preset'] == preset and c['graphs'] and
+                c['network'] == list(network) and c['camera'] == list(camera) and
+                c.get('device_path')]
+        return min(rows, key=lambda c: c['median_ms']['process']) if rows else None
+
+    aims: dict[str, Any] = {}
+    lite = best('lite', (512, 256), (1280, 720))
+    if lite:
+        ms = lite['median_ms']['process']
+        aims['lite 1280x720 upload->outputs <= 3 ms'] = {
+            'value_ms': round(ms, 2), 'precision': lite['precision'],
+            'met': ms <= AIMS['lite_720p_ms']}
+    paper = best('paper', (1024, 512), (2048, 1024))
+    if paper:
+        aims['paper 1024x512 from 2048x1024 >= 100 fps'] = {
+            'value_fps': round(paper['process_fps'], 1),
+            'frame_fps': round(paper['frame_fps'], 1), 'precision': paper['precision'],
+            'met': paper['process_fps'] >= AIMS['paper_fps']}
+    for preset in ('lite', 'paper'):
+        row = best(preset, (512, 256) if preset == 'lite' else (1024, 512), (2048, 1024))
+        if row:
+            aims[f'{preset}: node adds <= 25 % at 2048x1024'] = {
+                'value': round(row['node_share'], 3),
+                'met': row['node_share'] <= AIMS['node_share_2048']}
+    slow = []
+    for c in configs:
+        if c['precision'] == 'fp32' or not c.get('device_path'):
+            continue
+        ref = [r for r in configs if r['precision'] == 'fp32' and r['preset'] == c['preset'] and
+               r['network'] == c['network'] and r['camera'] == c['camera'] and
+               r['graphs'] == c['graphs']]
+        if ref and c['median_ms']['process'] > AIMS['low_precision_slack'] * \
+                ref[0]['median_ms']['process']:
+            slow.append(f"{c['preset']} {c['precision']} {_size(c['network'])} from "
+                        f"{_size(c['camera'])} graphs={c['graphs']}: "
+                        f"{c['median_ms']['process']:.2f} vs fp32 "
+                        f"{ref[0]['median_ms']['process']:.2f} ms")
+    if any(c['precision'] != 'fp32' and c.get('device_path') for c in configs):
+        aims['fp16 and bf16 at least as fast as fp32 (3 % slack)'] = {'slower': slow,
+                                                                      'met': not slow}
+    return aims
+
+
+def _size(wh: Sequence[int]) -> str:
+    return f'{wh[0]}x{wh[1]}'
+
+
+_HEADER = (f"{'preset':<6}{'network':>10}{'camera':>10}{'prec':>6}{'graph':>6}{'n':>4}"
+           f"{'frame':>8}{'fps':>7}{'process':>9}{'network':>9}{'flow':>7}{'node%':>7}"
+           f"{'capt':>6}")
+
+
+def _row(c: dict[str, Any]) -> str:
+    m = c['median_ms']
+    return (f"{c['preset']:<6}{_size(c['network']):>10}{_size(c['camera']):>10}"
+            f"{c['precision']:>6}{'on' if c['graphs'] else 'off':>6}{c['frames_timed']:>4}"
+            f"{m.get('frame', float('nan')):>8.2f}{c['frame_fps']:>7.0f}"
+            f"{m.get('process', float('nan')):>9.2f}"
+            f"{m.get('pipeline.network', float('nan')):>9.2f}"
+            f"{m.get('pipeline.flow', float('nan')):>7.2f}{100 * c['node_share']:>6.1f}%"
+            f"{c.get('graph_captures', '-')!s:>6}"
+            + (f"  graph capture failed: {sorted(c['graph_failures'])}"
+               if c.get('graph_failures') else ''))
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The one table printed at the end (configs, compile, aims, tests)."""
+    env = report['environment']
+    lines = [f"gpu-check on {env.get('gpu') or env['cpu_model']} ({env['device']}), torch "
+             f"{env['torch']}, flow: {report.get('flow')}", _HEADER]
+    lines += [_row(c) for c in report['configs']]
+    lines.append('ms medians; frame = message in -> 3 messages out; process = FramePipeline.'
+                 'process (upload -> published outputs on the host); node% = message '
+                 'conversion + building / frame; capt = CUDA graphs captured')
+    comp = report.get('compile')
+    if comp:
+        if 'compiled_ms' in comp:
+            compiled = (f'{comp["compiled_ms"]:.2f} ms (first call '
+                        f'{comp["compile_first_call_s"]} s, {comp["recompiles"]} recompiles '
+                        f'over the timed calls)')
+        else:
+            compiled = f'failed: {comp.get("compile_error")}'
+        lines.append(f'torch.compile lite {comp["precision"]}: eager {comp["eager_ms"]:.2f} ms, '
+                     f'CUDA graph {comp["graph_ms"]:.2f} ms, compiled {compiled}')
+    for name, aim in report.get('aims', {}).items():
+        lines.append(f"aim {'MET' if aim['met'] else 'NOT MET'}: {name}: "
+                     + ', '.join(f'{k}={v}' for k, v in aim.items() if k != 'met'))
+    for note in report.get('notes', []):
+        lines.append(f'note: {note}')
+    tests = report.get('tests')
+    if tests:
+        lines.append(f"tests ({tests['command']}): rc {tests['returncode']}, "
+                     f"{tests['summary']}")
+    return '\n'.join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command-line options of ``python -m flow2seg_ros.gpu_check``."""
+    p = argparse.ArgumentParser(prog='gpu-check', description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', default=os.environ.get('OUT') or 'gpu_check_out',
+                   help='folder for gpu_check.json (default $OUT, else gpu_check_out)')
+    p.add_argument('--frames', type=int, default=25, help='timed frames per configuration')
+    p.add_argument('--warmup', type=int, default=3, help='untimed frames per configuration')
+    p.add_argument('--flow', choices=('auto', 'learned', 'card'), default='auto',
+                   help='flow to time: the learned network on the device, or the model '
+                        "card's; auto = learned when its weights are there")
+    p.add_argument('--budget-s', type=float, default=200.0,
+                   help='stop starting new timed configurations after this long')
+    p.add_argument('--no-tests', action='store_true', help='skip the pytest run')
+    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile timing')
+    return p
+
+
+def _cpu_reduced(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """No CUDA: the harness end to end on the CPU, on one small configuration."""
+    device = torch.device('cpu')
+    model, card = load_model(None)
+    frames = scene_frames(args.warmup + 2, (1280, 720))
+    for precision, graphs, on_device_path in (('fp32', False, False), ('fp32', True, True),
+                                              ('bf16', True, True)):
+        report['configs'].append(time_config(
+            model, card, preset='lite', network=(512, 256), camera=(1280, 720),
+            precision=precision, graphs=graphs, device=device, frames=frames,
+            warmup=args.warmup, device_path_on_cpu=on_device_path))
+    # the aims' code runs too, but CPU figures say nothing about them: kept apart, not printed
+    report['aims_code_check_on_cpu'] = check_aims(report['configs'])
+    report['notes'].append('no CUDA device: GPU figures NOT measured; ran the device path '
+                           'CPU tests and a reduced CPU run of the harness (CPU path, and the '
+                           'device path code run eagerly on the CPU)')
+
+
+def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
+                 device: torch.device) -> bool:
+    """The full timed matrix on CUDA; returns False when a configuration broke."""
+    ok = True
+    nets = models(device)
+    estimator, report['flow'] = flow_estimator(args.flow, device)
+    started = time.perf_counter()
+    n = args.warmup + args.frames
+    frames = {cam: scene_frames(n, cam) for cam in CAMERAS}
+    for preset in ('lite', 'paper'):
+        model, card = nets[preset]
+        for network in NETWORKS:
+            for camera in CAMERAS:
+                for graphs in (True, False):
+                    for precision in PRECISIONS:
+                        if time.perf_counter() - started > args.budget_s:
+                            report['notes'].append(
+                                f'time budget ({args.budget_s:.0f} s) spent: skipped '
+                                f'{preset} {_size(network)} {_size(camera)} {precision} '
+                                f'graphs={graphs} and later')
+                            return ok
+                        try:
+                            row = time_config(model, card, preset=preset, network=network,
+                                              camera=camera, precision=precision,
+                                              graphs=graphs, device=device,
+                                              frames=frames[camera], warmup=args.warmup,
+                                              estimator=estimator)
+                        except Exception as exc:  # report it and go on with the others
+                            ok = False
+                            report['errors'].append(
+                                f'{preset} {_size(network)} {_size(camera)} {precision} '
+                                f'graphs={graphs}: {type(exc).__name__}: {exc}'[:500])
+                            continue
+                        report['configs'].append(row)
+                        print(_row(row), flush=True)
+    if not args.no_compile:
+        report['compile'] = time_compile(nets['lite'][0], nets['lite'][1], device)
+    return ok
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the check; 0 when every test passed and every configuration ran."""
+    args = get_args_parser().parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device('cuda' if cuda else 'cpu')
+    report: dict[str, Any] = {'environment': environment(device), 'cuda': cuda, 'configs': [],
+                              'notes': [], 'errors': [], 'flow': 'model card',
+                              'aims_targets': AIMS}
+    t0 = time.perf_counter()
+    name = 'CUDA ' + torch.cuda.get_device_name(device) if cuda else 'no CUDA'
+    print(f'gpu-check: {name}, torch {torch.__version__}', flush=True)
+    if not args.no_tests:
+        report['tests'] = run_tests(cuda)
+        print(f"tests: {report['tests']['summary']}", flush=True)
+    ok = _cuda_matrix(args, report, device) if cuda else (_cpu_reduced(args, report) or True)
+    report['aims'] = check_aims(report['configs']) if cuda else {}
+    report['seconds'] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'gpu_check.json').write_text(json.dumps(report, indent=2, default=str) + '\n')
+    print(format_table(report))
+    for err in report['errors']:
+        print(f'error: {err}')
+    print(f"wrote {out / 'gpu_check.json'} in {report['seconds']} s")
+    tests_ok = args.no_tests or report['tests']['returncode'] in (0, 5)  # 5: none collected
+    return 0 if tests_ok and ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
