@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 DDS_ENV := $(shell cd $(CURDIR) && $(PYTHON) -m flow2seg_ros.dds)
 $(foreach kv,$(DDS_ENV),$(eval export $(kv)))
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean gpu-check
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ test: install
 
 bench: install
 	$(PY) -m flow2seg_ros.bench
+
+# On a machine with an NVIDIA GPU, from a plain copy of the repository (no venv needed: torch,
+# torchvision, OpenCV, numpy, safetensors, PyYAML): the tests marked cuda, then the device path
+# timed over both presets, sizes, precisions and CUDA graphs on/off; one table, one JSON under
+# $OUT (else gpu_check_out/), under 5 minutes; non-zero exit when a CUDA test fails.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PYTHON) -m flow2seg_ros.gpu_check $(GPU_CHECK_ARGS)
 
 lint: install
 	$(PY) -m flake8 flow2seg_ros launch test benchmarks setup.py
