@@ -1,0 +1,196 @@
+"""ONNX export and the ONNX Runtime backend against PyTorch; the flow overlap; upsampled labels."""
+import json
+
+from conftest import make_tiny_model
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flow2seg_ros.backends import cached_onnx, OnnxModelError, OrtRunner, resolve_backend
+from flow2seg_ros.bench import scene_frames
+from flow2seg_ros.cpu_path import upsampled_labels
+from flow2seg_ros.export import export_onnx, main as export_main, onnx_card_path, OnnxGraph
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.weights import load_model, save_model
+
+HEADS = ('fused', 'image', 'flow')
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp('onnx_cache')
+
+
+@pytest.fixture(autouse=True)
+def own_cache(cache, monkeypatch):
+    monkeypatch.setenv('FLOW2SEG_CACHE', str(cache))
+
+
+def run_stream(pipe, frames):
+    return [pipe.process(f, i / 30.0, outputs=(), heads=HEADS) for i, f in enumerate(frames)]
+
+
+def assert_same_labels(a, b, min_equal):
+    for ra, rb in zip(a, b):
+        assert ra.reset_reason == rb.reset_reason
+        for h in HEADS:
+            la, lb = ra.head_labels[h], rb.head_labels[h]
+            assert (la is None) == (lb is None)
+            if la is not None:
+                assert (la == lb).mean() >= min_equal, h
+
+
+@pytest.mark.parametrize('overlap', [True, False])
+def test_onnxruntime_labels_equal_torch_on_the_bundled_model(overlap):
+    frames = scene_frames(4, (640, 480))
+    model, card = load_model(None)
+    runs = {}
+    for backend in ('torch', 'onnxruntime'):
+        pipe = FramePipeline(PipelineConfig(device='cpu', backend=backend, overlap_flow=overlap),
+                             model=model, card=card)
+        assert pipe.cpu_path.runner.name == backend
+        runs[backend] = run_stream(pipe, frames)
+    # outputs agree to ~5e-6: only an exact tie could split them
+    assert_same_labels(runs['torch'], runs['onnxruntime'], 0.9999)
+    assert runs['onnxruntime'][-1].flow is not None
+
+
+def test_onnxruntime_labels_equal_torch_on_a_tiny_random_model():
+    frames = scene_frames(4, (96, 72), seed=3)
+    model, card = make_tiny_model(seed=5)
+    torch_pipe = FramePipeline(PipelineConfig(device='cpu', backend='torch'), model=model,
+                               card=card)
+    ort_pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime'), model=model,
+                             card=card)
+    assert_same_labels(run_stream(torch_pipe, frames), run_stream(ort_pipe, frames), 0.999)
+
+
+def test_overlapped_flow_gives_the_same_results_and_times_the_flow_thread():
+    frames = scene_frames(3, (160, 120), seed=1)
+    model, card = make_tiny_model(seed=2)
+    cfg = dict(device='cpu', backend='torch', threads=2)
+    seq = run_stream(FramePipeline(PipelineConfig(overlap_flow=False, **cfg), model=model,
+                                   card=card), frames)
+    pipe = FramePipeline(PipelineConfig(overlap_flow=True, **cfg), model=model, card=card)
+    ovl = run_stream(pipe, frames)
+    for a, b in zip(seq, ovl):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert (a.flow is None) == (b.flow is None)
+        if a.flow is not None:
+            np.testing.assert_array_equal(a.flow, b.flow)
+    assert 'flow_thread' in ovl[-1].timings and 'flow_thread' not in seq[-1].timings
+    t = ovl[-1].timings
+    stages = ('resize', 'flow', 'network', 'argmax', 'resize_back', 'colour')
+    assert t['total'] == pytest.approx(sum(t[k] for k in stages))
+
+
+def test_export_writes_onnx_and_card_that_load_and_match(tmp_path):
+    model, card = make_tiny_model(seed=1)
+    out = tmp_path / 'tiny.onnx'
+    written = export_onnx(model, card, out, batch=2)
+    assert out.is_file() and onnx_card_path(out).is_file()
+    on_disk = json.loads(onnx_card_path(out).read_text())
+    assert on_disk == written and on_disk['classes'] == card['classes']
+    info = on_disk['onnx']
+    assert info['inputs'] == {'image': [2, 3, 32, 64], 'flow': [2, 2, 32, 64]}
+    assert info['outputs']['fused_logits'] == [2, 4, 4, 8]
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    torch.manual_seed(0)
+    x, f = torch.randn(2, 3, 32, 64), 0.1 * torch.randn(2, 2, 32, 64)
+    got = sess.run(None, {'image': x.numpy(), 'flow': f.numpy()})
+    with torch.no_grad():
+        want = OnnxGraph(model.eval())(x, f)
+    assert [o.name for o in sess.get_outputs()] == ['fused_logits', 'image_logits',
+                                                    'flow_logits']
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
+    # a fixed batch-2 graph runs frame pairs through the runner
+    runner = OrtRunner(out, input_size=(32, 64), num_classes=4, has_flow=True)
+    np.testing.assert_allclose(runner.image_logits(x).numpy(), want[1].numpy(), atol=1e-4)
+
+
+def test_export_command_writes_the_file_and_an_image_only_model_exports(tmp_path, capsys):
+    model, card = make_tiny_model(seed=1)
+    weights = tmp_path / 'm.safetensors'
+    save_model(model, weights, card)
+    out = tmp_path / 'm_64x32.onnx'
+    assert export_main(['--weights', str(weights), '--dynamic-batch', '--out', str(out)]) == 0
+    assert 'wrote' in capsys.readouterr().out
+    assert json.loads(onnx_card_path(out).read_text())['onnx']['batch'] == 'dynamic'
+    runner = OrtRunner(out, input_size=(32, 64), num_classes=4, has_flow=True)
+    assert runner.batch is None
+    assert export_main(['--weights', str(weights), '--size', '60x32', '--out',
+                        str(tmp_path / 'x.onnx')]) == 2
+    assert 'multiples of 8' in capsys.readouterr().err
+
+    from flow2seg_ros.models import build_model
+
+    image_only = build_model('lite', num_classes=4, **dict(card['model_kwargs'],
+                                                           use_flow=False)).eval()
+    path = export_onnx(image_only, card, tmp_path / 'io.onnx')['onnx']
+    assert list(path['inputs']) == ['image'] and 'flow_logits' not in path['outputs']
+    pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime',
+                                        onnx=str(tmp_path / 'io.onnx')),
+                         model=image_only, card=card)
+    r = run_stream(pipe, scene_frames(2, (64, 32)))
+    assert r[1].flow is None and r[1].labels.shape == (32, 64)
+
+
+def test_a_missing_corrupt_wrong_size_or_foreign_onnx_is_refused_naming_the_file(tmp_path):
+    model, card = make_tiny_model(seed=1)
+    good = tmp_path / 'good.onnx'
+    export_onnx(model, card, good)
+
+    def build(path, **kw):
+        return FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime',
+                                            onnx=str(path), **kw), model=model, card=card)
+
+    build(good)  # fits
+    missing = tmp_path / 'missing.onnx'
+    with pytest.raises(OnnxModelError, match=f'{missing}.*does not exist'):
+        build(missing)
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(OnnxModelError, match=f'{corrupt}.*cannot be read'):
+        build(corrupt)
+    with pytest.raises(OnnxModelError, match=f'{good}.*takes 64x32 .*feeds 96x64'):
+        build(good, input_size=(64, 96))
+    other, _ = make_tiny_model(seed=9)
+    with pytest.raises(OnnxModelError, match=f'{good}.*other weights'):
+        FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime', onnx=str(good)),
+                      model=other, card=card)
+    assert issubclass(OnnxModelError, ValueError)
+
+
+def test_the_cache_is_built_once_and_rebuilt_when_damaged(cache):
+    model, card = make_tiny_model(seed=7)
+    path = cached_onnx(model, card, (32, 64))
+    assert path.parent == cache and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert cached_onnx(model, card, (32, 64)) == path and path.stat().st_mtime_ns == stamp
+    path.write_bytes(b'not onnx')
+    pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime'), model=model,
+                         card=card)
+    assert pipe.cpu_path.runner.path == path and path.stat().st_size > 1000
+
+
+def test_backend_names_are_checked():
+    assert resolve_backend('auto', torch.device('cpu')) == 'onnxruntime'
+    with pytest.raises(ValueError, match='backend must be one of'):
+        PipelineConfig(backend='tensorflow').validate()
+
+
+@pytest.mark.parametrize('size', [(256, 512), (480, 640), (37, 51)])
+def test_upsampled_labels_equal_the_argmax_of_upsampled_logits(size):
+    torch.manual_seed(0)
+    # smooth logits: large agreeing regions and boundaries, like a real output
+    logits = F.interpolate(torch.randn(1, 19, 8, 16), size=(32, 64), mode='bilinear',
+                           align_corners=False)
+    want = F.interpolate(logits, size=size, mode='bilinear', align_corners=False).argmax(1)[0]
+    got = upsampled_labels(logits[0].numpy(), size)
+    assert got.shape == size and got.dtype == np.uint8
+    assert (got == want.numpy()).mean() > 0.9999
