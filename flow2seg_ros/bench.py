@@ -13,8 +13,10 @@ In the same loop, interleaved frame by frame so that a busy machine slows both a
   ``image_head`` + skip), flow path (``flow_backbone`` + ``flow_head``), fusion, upsampling.
 
 Figures are medians over the timed frames (the first frame, which has no flow, is not timed).
-On CUDA the stages are synchronised; ``--precision fp16`` uses autocast, ``--channels-last`` and
-``--compile`` (torch.compile) are available, and the peak GPU memory is reported.
+On CUDA the stages are synchronised; ``--precision fp16``/``bf16`` use autocast,
+``--channels-last`` is available, and the peak GPU memory is reported. (``torch.compile`` is
+measured by ``make gpu-check`` against CUDA graphs; on an H200 it was slower than both them and
+eager (3.4 against 0.52 and 2.1-2.6 ms, lite), so it is no option here.)
 
 Writes JSON (``--out``) and prints a short table.
 """
@@ -44,7 +46,7 @@ from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
 from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.models import build_model
-from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, PRECISIONS
 from flow2seg_ros.visualize import colorize, overlay
 from flow2seg_ros.weights import load_model, random_model
 
@@ -180,7 +182,8 @@ class _Clock:
 
 
 def time_model_paths(model: torch.nn.Module, x: torch.Tensor, f: torch.Tensor,
-                     clock: Callable[[], float], *, fp16: bool = False) -> dict[str, float]:
+                     clock: Callable[[], float], *,
+                     amp_dtype: Optional[torch.dtype] = None) -> dict[str, float]:
     """Time the model's own parts on one input: image path, flow path, fusion, upsampling (ms).
 
     Calls :meth:`Flow2Seg.image_logits`, :meth:`Flow2Seg.flow_logits` and :meth:`Flow2Seg.fuse`,
@@ -191,10 +194,11 @@ def time_model_paths(model: torch.nn.Module, x: torch.Tensor, f: torch.Tensor,
         x: (1, 3, H, W) normalised image.
         f: (1, 2, H, W) scaled flow.
         clock: returns seconds (synchronising CUDA).
-        fp16: run under CUDA fp16 autocast.
+        amp_dtype: CUDA autocast dtype (``torch.float16``, ``torch.bfloat16``); None = fp32.
     """
     times = {}
-    with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16, enabled=fp16):
+    with torch.inference_mode(), torch.autocast('cuda', dtype=amp_dtype or torch.float16,
+                                                enabled=amp_dtype is not None):
         t0 = clock()
         image_logits, _ = model.image_logits(x)
         t1 = clock()
@@ -247,7 +251,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                  network: tuple[int, int], camera: tuple[int, int], iterations: int,
                  device: torch.device, precision: str = 'fp32', encoding: str = 'bgr8',
                  publisher: Optional[_Publisher] = None, budget_s: float = 120.0,
-                 compile_model: bool = False, channels_last: bool = False) -> dict[str, Any]:
+                 channels_last: bool = False) -> dict[str, Any]:
     """Time one preset at one network input size and one camera frame size.
 
     Args:
@@ -258,11 +262,10 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         camera: camera frame (width, height).
         iterations: timed frames (the stage loop stops early past ``budget_s``, after >= 2).
         device: torch device.
-        precision: ``fp32`` or ``fp16`` (CUDA autocast).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (CUDA autocast).
         encoding: camera message encoding, ``rgb8`` or ``bgr8``.
         publisher: publish the output messages in-process (``--publish``), or None.
         budget_s: wall-time budget of this configuration.
-        compile_model: wrap both models with torch.compile.
         channels_last: convert both models to channels-last memory format.
 
     Returns:
@@ -279,12 +282,10 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         pipe = FramePipeline(config, model=net, card=net_card)
-        if compile_model:
-            pipe.model = torch.compile(net)
         pipes[name] = pipe
     image_type = _message_type()
     frames = scene_frames(iterations + 1, camera)
-    fp16 = pipes['fused'].fp16
+    amp_dtype = pipes['fused'].amp_dtype
     x = torch.randn(1, 3, nh, nw, device=device)
     f = 0.1 * torch.randn(1, 2, nh, nw, device=device)
     if channels_last:
@@ -327,9 +328,9 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
             if publisher is not None:
                 s['publish'].append(1e3 * (t4 - t3))
         if i == 0:
-            time_model_paths(model, x, f, clock, fp16=fp16)  # warm-up
+            time_model_paths(model, x, f, clock, amp_dtype=amp_dtype)  # warm-up
             continue
-        for key, ms in time_model_paths(model, x, f, clock, fp16=fp16).items():
+        for key, ms in time_model_paths(model, x, f, clock, amp_dtype=amp_dtype).items():
             paths[key].append(ms)
         # colouring and overlay apart (the pipeline's "colour" stage holds both)
         palette = pipes['fused'].palette
@@ -376,9 +377,8 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         'network': list(network),
         'camera': list(camera),
         'encoding': encoding,
-        'precision': 'fp16' if fp16 else 'fp32',
+        'precision': precision if amp_dtype is not None else 'fp32',
         'channels_last': channels_last,
-        'compiled': compile_model,
         'iterations': timed,
         'stages_ms': med['fused'],
         'image_only_stages_ms': med['image_only'],
@@ -423,7 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         model, image_only, card, network=network, camera=camera,
                         iterations=args.iterations, device=device, precision=args.precision,
                         encoding=args.encoding, publisher=publisher, budget_s=args.budget_s,
-                        compile_model=args.compile, channels_last=args.channels_last)
+                        channels_last=args.channels_last)
                     report['configs'].append(result)
                     if args.verbose:
                         print(_row(result), flush=True)
@@ -485,11 +485,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--budget-s', type=float, default=90.0,
                         help='wall-time budget per config (stops after >= 2 frames past it)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
-    parser.add_argument('--precision', default='fp32', choices=['fp32', 'fp16'],
-                        help='fp16 = CUDA autocast')
+    parser.add_argument('--precision', default='fp32', choices=list(PRECISIONS),
+                        help='fp16, bf16 = CUDA autocast')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last memory format (CUDA tensor cores)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the models')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
     parser.add_argument('--encoding', default='bgr8', choices=['rgb8', 'bgr8'],
                         help='camera message encoding')
