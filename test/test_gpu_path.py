@@ -1,5 +1,7 @@
 """The device path (CUDA): its torch pieces against the OpenCV/numpy path on the CPU, and, marked
 ``cuda``, the whole path on a GPU (agreement with the CPU, graphs, recapture, buffer reuse)."""
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -249,9 +251,15 @@ def test_the_cpu_pipeline_keeps_its_opencv_path():
 # ---- on a GPU (`make gpu-check`) ----------------------------------------------------------
 
 
+# The CPU reference of the GPU tests runs the network in torch (a GPU machine need not have
+# ONNX Runtime, and the same network code on both sides is the comparison that matters).
+TORCH_ON_CPU = {'backend': 'torch'} if 'backend' in {
+    f.name for f in dataclasses.fields(PipelineConfig)} else {}
+
+
 def bundled_pair(precision='fp32', graphs=True):
     from flow2seg_ros.weights import load_model
-    cpu = FramePipeline(PipelineConfig(device='cpu'))
+    cpu = FramePipeline(PipelineConfig(device='cpu', **TORCH_ON_CPU))
     model, card = load_model(None, device='cuda')
     gpu = FramePipeline(PipelineConfig(device='cuda', precision=precision, cuda_graphs=graphs),
                         model=model, card=card)
@@ -330,7 +338,7 @@ def test_cuda_results_stay_valid_across_frames():
 
 @pytest.mark.cuda
 def test_cuda_device_finish_equals_cpu_finish_on_the_same_logits():
-    cpu = tiny_pipeline()
+    cpu = tiny_pipeline(**TORCH_ON_CPU)
     dev = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
     frames = scene(2, 720, 1280)
     outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
