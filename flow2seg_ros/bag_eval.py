@@ -33,6 +33,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from flow2seg_ros.backends import BACKENDS
 from flow2seg_ros.bag_live import live_replay, LiveOptions
 from flow2seg_ros.bag_score import (
     BagEvalError, check_labels_topic, DEFAULT_NODE_NS, evaluate_bag, image_topic_type)
@@ -64,6 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--flow-method', default=None, help="flow method (default: the card's)")
     p.add_argument('--flow-preset', default=None, help="flow preset (default: the card's)")
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
+    p.add_argument('--backend', default='auto', choices=BACKENDS,
+                   help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
     p.add_argument('--max-frames', type=int, default=0, help='use at most N images (0 = all)')
     p.add_argument('--node-ns', default=DEFAULT_NODE_NS,
                    help='namespace of the output topics / of the live node')
@@ -152,7 +155,7 @@ def _run_in_process(args: argparse.Namespace, bag: Path, out: Path) -> dict[str,
             check_labels_topic(reader, args.labels_topic)
     config = PipelineConfig(weights=args.weights, device=args.device, precision=args.precision,
                             flow_method=args.flow_method, flow_preset=args.flow_preset,
-                            threads=args.threads)
+                            threads=args.threads, backend=args.backend)
     data = evaluate_bag(bag, FramePipeline(config), image_topic=args.image_topic,
                         labels_topic=args.labels_topic, out_dir=out, node_ns=args.node_ns,
                         max_frames=args.max_frames, skip_bad_labels=args.skip_bad_labels,

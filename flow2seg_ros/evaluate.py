@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import cv2
 from tqdm import tqdm
 
+from flow2seg_ros.backends import BACKENDS
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.cli import cli_main
 from flow2seg_ros.data.cityscapes import SequenceDataset
@@ -175,6 +176,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--fps', type=float, default=None,
                         help='camera rate (default: sequence_info.json, else 17)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return parser
 
@@ -213,7 +216,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     fps = args.fps or dataset_fps(root)
     config = PipelineConfig(weights=args.weights, device=args.device,
                             flow_method=args.flow_method, flow_preset=args.flow_preset,
-                            max_gap_s=max(0.5, 2.5 / fps), threads=args.threads)
+                            max_gap_s=max(0.5, 2.5 / fps), threads=args.threads,
+                            backend=args.backend)
     pipeline = FramePipeline(config)
     dataset = find_sequences(root, args.split, pipeline.classes)
     heads = HEADS if pipeline.has_flow_path else tuple(h for h in HEADS if h != 'flow')
@@ -229,7 +233,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         'flow': {'method': args.flow_method or card.get('flow', {}).get('method'),
                  'preset': args.flow_preset or card.get('flow', {}).get('preset'),
                  'scale': pipeline.flow_scale},
-        'device': str(pipeline.device), 'fps': fps, 'label_head': args.label_head,
+        'device': str(pipeline.device), 'backend': pipeline.backend, 'fps': fps,
+        'label_head': args.label_head,
         'command': ' '.join(['flow2seg-evaluate', *(sys.argv[1:] if argv is None else argv)]),
     }
     print(format_report(summary, pipeline.classes))

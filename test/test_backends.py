@@ -194,3 +194,22 @@ def test_upsampled_labels_equal_the_argmax_of_upsampled_logits(size):
     got = upsampled_labels(logits[0].numpy(), size)
     assert got.shape == size and got.dtype == np.uint8
     assert (got == want.numpy()).mean() > 0.9999
+
+
+def test_evaluate_gives_the_same_miou_with_each_backend(tmp_path):
+    from flow2seg_ros import evaluate
+    from flow2seg_ros.data.synth import generate
+
+    root = tmp_path / 'data'
+    generate(root, sequences=2, frames=3, size=(512, 256), seed=21, split='val', progress=False)
+    heads = {}
+    for backend in ('torch', 'onnxruntime'):
+        out = tmp_path / backend
+        assert evaluate.main(['--data', str(root), '--split', 'val', '--out', str(out),
+                              '--device', 'cpu', '--backend', backend, '--no-progress']) == 0
+        summary = json.loads((out / 'metrics.json').read_text())
+        assert summary['setup']['backend'] == backend and summary['labelled_frames'] == 6
+        heads[backend] = summary['heads']
+    for h in HEADS:
+        assert heads['torch'][h]['miou'] > 0.1
+        assert abs(heads['torch'][h]['miou'] - heads['onnxruntime'][h]['miou']) <= 0.0005, h
