@@ -147,6 +147,10 @@ class GraphRunner:
             return len(self._graphs.get(name, {}))
         return sum(len(v) for v in self._graphs.values())
 
+    def first_input_shapes(self, name: str) -> set[tuple[int, ...]]:
+        """Shapes of the first input of a stage's graphs (the frame or network size)."""
+        return {key[0][0][0] for key in self._graphs.get(name, {})}
+
     def __call__(self, name: str, fn: Callable[..., Sequence[torch.Tensor]],
                  inputs: Sequence[torch.Tensor], static_key: Any = (), *,
                  clone: bool = True) -> tuple[torch.Tensor, ...]:
@@ -161,8 +165,7 @@ class GraphRunner:
                 False for outputs consumed before the stage runs again.
         """
         inputs = list(inputs)
-        if not self.enabled or name in self.failed or not inputs or \
-                inputs[0].device.type != 'cuda':
+        if not self._uses_graphs(name, inputs):
             return tuple(fn(*inputs))
         key = (tuple((tuple(x.shape), x.dtype) for x in inputs), static_key)
         stage = self._graphs.setdefault(name, {})
@@ -176,7 +179,8 @@ class GraphRunner:
                 self.failed[name] = f'{type(exc).__name__}: {exc}'
                 log.warning('CUDA graph capture of stage %r failed, running it eagerly: %s',
                             name, self.failed[name])
-                torch.cuda.synchronize()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 return tuple(fn(*inputs))
             stage[key] = entry
             self.captures += 1
@@ -186,6 +190,10 @@ class GraphRunner:
         entry.graph.replay()
         self.replays += 1
         return tuple(o.clone() for o in entry.outputs) if clone else entry.outputs
+
+    def _uses_graphs(self, name: str, inputs: list[torch.Tensor]) -> bool:
+        return self.enabled and name not in self.failed and bool(inputs) and \
+            inputs[0].device.type == 'cuda'
 
     def _capture(self, fn: Callable[..., Sequence[torch.Tensor]],
                  inputs: list[torch.Tensor]) -> _Captured:

@@ -9,8 +9,8 @@ import torch
 
 from flow2seg_ros import gpu_ops
 from flow2seg_ros.classes import ClassSet
-from flow2seg_ros.device_path import (autocast_dtype, DevicePath, GraphRunner, PinnedDownload,
-                                      PinnedUpload)
+from flow2seg_ros.device_path import (_Captured, autocast_dtype, DevicePath, GraphRunner,
+                                      PinnedDownload, PinnedUpload)
 from flow2seg_ros.models import build_model
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
@@ -234,6 +234,68 @@ def test_graph_runner_runs_eagerly_off_cuda():
     assert torch.equal(y, 2 * x) and runner.captures == 0 and runner.graphs() == 0
 
 
+class ReplayOnCpu(GraphRunner):
+    """The graph runner's bookkeeping on the CPU: "capture" keeps the function and its static
+    inputs and outputs, "replay" reruns the captured function on the static inputs and writes
+    into the captured outputs, which is what a CUDA graph does."""
+
+    def _uses_graphs(self, name, inputs):
+        return self.enabled and name not in self.failed and bool(inputs)
+
+    def _capture(self, fn, inputs):
+        static = [x.clone() for x in inputs]
+        outputs = tuple(fn(*static))
+
+        class Graph:
+            def replay(self):
+                for out, new in zip(outputs, fn(*static)):
+                    out.copy_(new)
+
+        return _Captured(Graph(), static, outputs)
+
+
+def test_graph_replays_equal_eager_and_recapture_only_on_a_new_size():
+    graphed = with_device_path(tiny_pipeline())
+    graphed.device_path.runner = runner = ReplayOnCpu()
+    eager = with_device_path(tiny_pipeline())
+    outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
+    heads = ('fused', 'image', 'flow')
+    big, small = scene(8, 180, 320), scene(3, 120, 200, seed=2)
+    for i, f in enumerate(big + small):
+        a = graphed.process(f, 0.05 * i, outputs=outputs, heads=heads)
+        b = eager.process(f, 0.05 * i, outputs=outputs, heads=heads)
+        for x, y in zip(_outputs(a) + [a.flow], _outputs(b) + [b.flow]):
+            if x is None:
+                assert y is None
+            else:
+                np.testing.assert_array_equal(x, y)
+        for h in heads:
+            assert (a.head_labels[h] is None) == (b.head_labels[h] is None)
+        if i == 2:
+            captured = runner.captures
+        if i == 7:
+            assert runner.captures == captured  # one size: replays only
+    assert runner.captures > captured  # the new size captured again
+    # the old size's graphs went: those held are of the new size (with and without flow)
+    assert runner.first_input_shapes('post') == {(120, 200, 3)}
+    assert runner.first_input_shapes('pre') == {(120, 200, 3)} and runner.graphs('pre') == 1
+    assert runner.replays > 0 and not runner.failed
+
+
+def test_a_failed_capture_runs_the_stage_eagerly(caplog):
+    class Broken(ReplayOnCpu):
+        def _capture(self, fn, inputs):
+            raise RuntimeError('operation not permitted when stream is capturing')
+
+    runner = Broken()
+    with caplog.at_level('WARNING'):
+        (y,) = runner('double', lambda t: (2 * t,), (torch.ones(3),))
+    assert torch.equal(y, torch.full((3,), 2.0))
+    assert 'double' in runner.failed and 'capture of stage' in caplog.text
+    runner('double', lambda t: (2 * t,), (torch.ones(3),))
+    assert runner.captures == 0
+
+
 def test_bf16_is_a_precision_and_falls_back_to_fp32_on_the_cpu(caplog):
     with caplog.at_level('WARNING'):
         pipe = tiny_pipeline(precision='bf16')
@@ -314,7 +376,7 @@ def test_cuda_graphs_recapture_after_a_resolution_change_and_not_otherwise():
     results = [pipe.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
     assert runner.captures > captured and results[0].reset_reason == 'size'
     assert results[-1].labels.shape == (480, 640)
-    assert runner.graphs('post') == 1  # the old size's graphs went
+    assert runner.first_input_shapes('post') == {(480, 640, 3)}  # the old size's went
     eager = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=False)
     want = [eager.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
     assert (results[-1].labels == want[-1].labels).mean() >= 0.9999
