@@ -86,8 +86,9 @@ def _stamp_seconds(header: Any) -> float:
     return float(header.stamp.sec) + float(header.stamp.nanosec) * 1e-9
 
 
-def _one_line(exc: BaseException) -> str:
-    return ' '.join(str(exc).split()) or type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 class SharedModelFactory:

@@ -122,7 +122,8 @@ def test_seg_node_refuses_bad_parameter(tmp_path):
     done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1
-    assert "precision='fp8': expected fp32 or fp16" in done.stderr + done.stdout
+    assert "precision='fp8': precision must be one of ('fp32', 'fp16')" in \
+        done.stderr + done.stdout
 
 
 def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_path):
