@@ -37,6 +37,8 @@ setup(
             'flow2seg-bench = flow2seg_ros.bench:main',
             'flow2seg-export = flow2seg_ros.export:main',
             'flow2seg-demo = flow2seg_ros.demo:main',
+            'flow2seg-train-flow = flow2seg_ros.train_flow:main',
+            'flow2seg-flow-bench = flow2seg_ros.flow_bench:main',
         ],
     },
 )

@@ -9,16 +9,18 @@ frame's grid, like the labels the network predicts for it.
 Methods:
     ``dis`` (OpenCV DIS; presets ultrafast/fast/medium; the CPU default),
     ``farneback`` (OpenCV Farneback, the paper's "GF-flow"),
-    ``raft_small`` / ``raft_large`` (torchvision RAFT, for GPUs; weights from a local file).
+    ``raft_small`` / ``raft_large`` (torchvision RAFT, for GPUs; weights from a local file),
+    ``learned`` (the bundled small network of :mod:`flow2seg_ros.flow.learned`; CPU or GPU).
 """
 from flow2seg_ros.flow.base import FlowEstimator, scale_flow
+from flow2seg_ros.flow.learned import LearnedFlow, resolve_flow_weights
 from flow2seg_ros.flow.opencv import DISFlow, FarnebackFlow
 from flow2seg_ros.flow.raft import RAFTFlow
 
-__all__ = ['FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'RAFTFlow',
-           'make_flow_estimator', 'scale_flow']
+__all__ = ['FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'LearnedFlow',
+           'RAFTFlow', 'make_flow_estimator', 'scale_flow']
 
-FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large')
+FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large', 'learned')
 
 
 def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
@@ -26,12 +28,14 @@ def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
     """Build a flow estimator by name.
 
     Args:
-        method: one of ``dis``, ``farneback``, ``raft_small``, ``raft_large``.
+        method: one of ``dis``, ``farneback``, ``raft_small``, ``raft_large``, ``learned``.
         preset: DIS preset (``ultrafast``, ``fast``, ``medium``); for RAFT the number of
-            refinement iterations as a string (``''`` = the method's default); ignored by
-            Farneback.
-        device: torch device of the returned flow (RAFT also runs there).
-        weights: RAFT weights, a local .safetensors file; None looks in the torch hub cache.
+            refinement iterations as a string (``''`` = the method's default); for ``learned``
+            the weights: ``''`` (the bundled default), the name of a bundled weights file
+            (``flowlite_synthetic``) or a ``.safetensors`` path; ignored by Farneback.
+        device: torch device of the returned flow (RAFT and the learned network run there).
+        weights: RAFT weights, a local .safetensors file (None looks in the torch hub cache);
+            for ``learned``, a weights file that takes precedence over ``preset``.
     """
     if method == 'dis':
         return DISFlow(preset or 'ultrafast', device=device)
@@ -40,4 +44,6 @@ def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
     if method in ('raft_small', 'raft_large'):
         iters = int(preset) if preset and str(preset).isdigit() else None
         return RAFTFlow(method, device=device, weights=weights, iterations=iters)
+    if method == 'learned':
+        return LearnedFlow(weights or resolve_flow_weights(preset), device=device)
     raise ValueError(f'unknown flow method {method!r}; choose one of {", ".join(FLOW_METHODS)}')
