@@ -11,8 +11,8 @@ work that runs alone (frames without flow, the fusion) uses all of them.
 Labels (:func:`upsampled_labels`): the network's logits are at stride 8; the labels at the
 network's input size are the argmax of their bilinear upsampling. Where the four stride-8 cells
 around a pixel agree on their argmax, the upsampled logits (a convex combination of the four)
-have the same argmax, so only pixels between cells that disagree (about a tenth) are upsampled
-and compared: the same labels as upsampling everything, for a fraction of the work.
+have the same argmax, so the argmax over classes is taken only for pixels between cells that
+disagree (about a tenth): the same labels as upsampling everything, for a fraction of the work.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import time
 from typing import Any, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -45,7 +46,9 @@ def _source_index(n_out: int, n_in: int) -> tuple[np.ndarray, ...]:
 def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Argmax over C of the logits upsampled bilinearly (``align_corners=False``) to ``size``.
 
-    Computes upsampled logits only where the four neighbouring cells disagree on their argmax.
+    The upsampled logits come from OpenCV (the same pixel-centre convention as torch's
+    ``interpolate``, several times faster on a CPU); their argmax is taken only where the four
+    neighbouring cells disagree on theirs.
 
     Args:
         logits: (C, h, w) float32.
@@ -59,21 +62,22 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     native = logits.argmax(0).astype(np.uint8)
     if (h, w) == (out_h, out_w):
         return native
-    y0, y1, wy0, wy1 = _source_index(out_h, h)
-    x0, x1, wx0, wx1 = _source_index(out_w, w)
+    y0 = _source_index(out_h, h)[0]
+    x0 = _source_index(out_w, w)[0]
     down = np.minimum(np.arange(h) + 1, h - 1)
     right = np.minimum(np.arange(w) + 1, w - 1)
     agree = (native == native[:, right]) & (native == native[down]) & \
         (native == native[down][:, right])
     labels = native[y0][:, x0]
-    ys, xs = np.nonzero(~agree[y0][:, x0])
-    if ys.size:
-        cells = np.ascontiguousarray(logits.transpose(1, 2, 0))  # (h, w, C)
-        a0, a1, b0, b1 = y0[ys], y1[ys], x0[xs], x1[xs]
-        u0, u1 = wx0[xs, None], wx1[xs, None]
-        mixed = wy0[ys, None] * (u0 * cells[a0, b0] + u1 * cells[a0, b1]) + \
-            wy1[ys, None] * (u0 * cells[a1, b0] + u1 * cells[a1, b1])
-        labels[ys, xs] = mixed.argmax(1)
+    mixed = ~agree[y0][:, x0]
+    cells = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)  # (h, w, C)
+    if c <= 512:  # OpenCV's channel limit
+        up = cv2.resize(cells, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    else:
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(logits)[None].float(), size=(out_h, out_w), mode='bilinear',
+            align_corners=False)[0].permute(1, 2, 0).numpy()
+    labels[mixed] = up.reshape(out_h, out_w, c)[mixed].argmax(1)
     return labels
 
 
