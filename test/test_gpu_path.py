@@ -1,6 +1,10 @@
 """The device path (CUDA): its torch pieces against the OpenCV/numpy path on the CPU, and, marked
 ``cuda``, the whole path on a GPU (agreement with the CPU, graphs, recapture, buffer reuse)."""
+import ast
 import dataclasses
+from pathlib import Path
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -17,6 +21,7 @@ from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
 
 CLASSES = ClassSet(('ground', 'thing', 'sky', 'car'),
                    ((10, 10, 10), (200, 0, 0), (0, 0, 255), (0, 200, 90)))
+REPO = Path(__file__).resolve().parents[1]
 NET = (64, 128)  # network input (H, W)
 # (camera W, H), (network h, w): fractional factor, integer factor 2 and 4 exactly, below 2, same
 SIZES = [((1280, 720), (256, 512)), ((2048, 1024), (256, 512)), ((1024, 512), (256, 512)),
@@ -294,6 +299,42 @@ def test_a_failed_capture_runs_the_stage_eagerly(caplog):
     assert 'double' in runner.failed and 'capture of stage' in caplog.text
     runner('double', lambda t: (2 * t,), (torch.ones(3),))
     assert runner.captures == 0
+
+
+def test_cuda_tests_run_without_pytest_on_a_bare_gpu_machine():
+    """gpu-check's stand-in for pytest collects every cuda test, parameters expanded."""
+    code = ('import sys; sys.modules["pytest"] = None\n'
+            'from pathlib import Path\n'
+            'from flow2seg_ros import marked_tests as m\n'
+            'm.install_stub()\n'
+            'mod = m._load(Path("test/test_gpu_path.py"))\n'
+            'print(sorted(i.split("::")[1] for i, _, _ in m.marked_cases(mod)))\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ids = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    marked = sorted(n for n, f in globals().items() if n.startswith('test_') and any(
+        m.name == 'cuda' for m in getattr(f, 'pytestmark', [])))
+    assert {i.split('[')[0] for i in ids} == set(marked)
+    assert 'test_cuda_labels_agree_with_the_cpu[bf16-0.995]' in ids
+    assert len(ids) == len(marked) + 2  # three precisions in one of them
+
+
+def test_the_stand_in_runs_marked_tests_and_fails_on_a_failure(tmp_path):
+    (tmp_path / 'test_fake.py').write_text(
+        'import pytest\n\n\n'
+        '@pytest.mark.cuda\n@pytest.mark.parametrize("a,b", [(1, 1), (1, 2)])\n'
+        'def test_equal(a, b):\n    assert a == b\n\n\n'
+        'def test_unmarked():\n    raise AssertionError("not run")\n')
+    code = ('import sys; sys.modules["pytest"] = None\n'
+            'from flow2seg_ros import marked_tests as m\n'
+            f'sys.exit(m.main([{str(tmp_path / "test_fake.py")!r}]))\n')
+    done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert 'PASSED test_fake::test_equal[1-1]' in done.stdout
+    assert 'FAILED test_fake::test_equal[1-2]' in done.stdout
+    assert '1 passed, 1 failed' in done.stdout and 'test_unmarked' not in done.stdout
 
 
 def test_bf16_is_a_precision_and_falls_back_to_fp32_on_the_cpu(caplog):
