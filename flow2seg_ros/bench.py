@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flow2seg_ros.backends import BACKENDS
 from flow2seg_ros.classes import cityscapes_classes, ClassSet
 from flow2seg_ros.cli import size_arg
 from flow2seg_ros.dds import apply_dds_environment
@@ -46,6 +47,7 @@ from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
 from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.models import build_model
+from flow2seg_ros.peers import build_peers, PEERS, time_peers
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, PRECISIONS
 from flow2seg_ros.visualize import colorize, overlay
 from flow2seg_ros.weights import load_model, random_model
@@ -251,7 +253,8 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                  network: tuple[int, int], camera: tuple[int, int], iterations: int,
                  device: torch.device, precision: str = 'fp32', encoding: str = 'bgr8',
                  publisher: Optional[_Publisher] = None, budget_s: float = 120.0,
-                 channels_last: bool = False) -> dict[str, Any]:
+                 channels_last: bool = False, backend: str = 'auto', overlap_flow: bool = True,
+                 peers: bool = False) -> dict[str, Any]:
     """Time one preset at one network input size and one camera frame size.
 
     Args:
@@ -267,6 +270,9 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         publisher: publish the output messages in-process (``--publish``), or None.
         budget_s: wall-time budget of this configuration.
         channels_last: convert both models to channels-last memory format.
+        backend: the pipelines' network runner (``auto``, ``torch``, ``onnxruntime``).
+        overlap_flow: the pipelines' ``overlap_flow`` (flow in a second thread on the CPU).
+        peers: also time torchvision's segmenters (:mod:`flow2seg_ros.peers`) per frame.
 
     Returns:
         A dict with the configuration, medians per stage for both pipelines, per-path times,
@@ -274,7 +280,9 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
     """
     clock = _Clock(device)
     (nw, nh) = network
-    config = PipelineConfig(device=str(device), precision=precision, input_size=(nh, nw))
+    config = PipelineConfig(device=str(device), precision=precision, input_size=(nh, nw),
+                            backend=backend, overlap_flow=overlap_flow)
+    peer_nets = build_peers(model.num_classes, device) if peers else {}
     pipes = {}
     for name, net, net_card in (('fused', model, card), ('image_only', image_only,
                                                          card['image_only_card'])):
@@ -298,6 +306,8 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                                                  'image_only': defaultdict(list)}
     paths: dict[str, list[float]] = defaultdict(list)
     micro: dict[str, list[float]] = defaultdict(list)
+    peer_ms: dict[str, list[float]] = defaultdict(list)
+    peer_ratio: dict[str, list[float]] = defaultdict(list)
     started = time.perf_counter()
     timed = 0
     for i, rgb in enumerate(frames):
@@ -329,9 +339,14 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                 s['publish'].append(1e3 * (t4 - t3))
         if i == 0:
             time_model_paths(model, x, f, clock, amp_dtype=amp_dtype)  # warm-up
+            time_peers(peer_nets, x, clock)
             continue
         for key, ms in time_model_paths(model, x, f, clock, amp_dtype=amp_dtype).items():
             paths[key].append(ms)
+        for key, ms in time_peers(peer_nets, x, clock).items():
+            peer_ms[key].append(ms)
+            # the peer's network alone / the whole fused pipeline (its process() total), per frame
+            peer_ratio[key].append(ms / stages['fused']['total'][-1])
         # colouring and overlay apart (the pipeline's "colour" stage holds both)
         palette = pipes['fused'].palette
         t0 = clock()
@@ -387,6 +402,10 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         'totals': totals,
         'ratios': ratios,
         'published': publisher is not None,
+        'backend': pipes['fused'].backend,
+        'peers_ms': {k: _median(v) for k, v in peer_ms.items()},
+        'peers_over_pipeline': {k: _median(v) for k, v in peer_ratio.items()},
+        'overlap_flow': overlap_flow,
     }
     if device.type == 'cuda':
         out['gpu_max_memory_allocated_mb'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -423,7 +442,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         model, image_only, card, network=network, camera=camera,
                         iterations=args.iterations, device=device, precision=args.precision,
                         encoding=args.encoding, publisher=publisher, budget_s=args.budget_s,
-                        channels_last=args.channels_last)
+                        channels_last=args.channels_last, backend=args.backend,
+                        overlap_flow=not args.no_overlap_flow, peers=args.peers)
                     report['configs'].append(result)
                     if args.verbose:
                         print(_row(result), flush=True)
@@ -458,7 +478,12 @@ def format_table(report: dict[str, Any]) -> str:
     env = report['environment']
     lines = [f"device {env['device']} ({env.get('gpu') or env['cpu_model']}), "
              f"{env['torch_threads']} threads, torch {env['torch']}", _HEADER]
-    lines += [_row(c) for c in report['configs']]
+    for c in report['configs']:
+        lines.append(_row(c))
+        for name in PEERS:
+            if name in c.get('peers_ms', {}):
+                lines.append(f"  peer {name}: {c['peers_ms'][name]:.1f} ms; the whole fused "
+                             f"pipeline is {c['peers_over_pipeline'][name]:.2f}x faster")
     lines.append('times in ms (medians); pipe = resize+flow+network+argmax; node + = conversion '
                  'and 3 messages built (+publish) over the pipeline with its pictures (resize '
                  'back, colour, overlay); motion = fused / image-only pipe; (f+fu)/i = (flow '
@@ -490,6 +515,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last memory format (CUDA tensor cores)')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
+    parser.add_argument('--no-overlap-flow', action='store_true',
+                        help='compute the flow before the network instead of beside it')
+    parser.add_argument('--peers', action='store_true',
+                        help="also time torchvision's LRASPP and DeepLabV3 MobileNetV3-Large "
+                             '(random weights, eager, network alone) in the same loop')
     parser.add_argument('--encoding', default='bgr8', choices=['rgb8', 'bgr8'],
                         help='camera message encoding')
     parser.add_argument('--publish', action='store_true',

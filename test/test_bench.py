@@ -34,6 +34,9 @@ def test_quick_run_reports_every_stage_path_and_ratio(tmp_path, tiny_model_file,
     assert config['iterations'] == 3 and config['published'] == publish
     for key in ('stages_ms', 'image_only_stages_ms'):
         for stage in STAGES + (('publish',) if publish else ()):
+            if key == 'image_only_stages_ms' and stage == 'flow':
+                assert config[key][stage] == 0  # no flow computed for an image-only model
+                continue
             assert config[key][stage] > 0, (key, stage)
     for part in ('image_path', 'flow_path', 'fusion', 'upsample'):
         assert config['paths_ms'][part] > 0, part
@@ -124,3 +127,19 @@ def test_an_invalid_weights_file_is_named_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('flow2seg-bench: error: ') and str(bad) in err
     assert 'Traceback' not in err and not (tmp_path / 'b.json').exists()
+
+
+def test_peers_and_backend_are_timed_in_the_same_loop(tmp_path, tiny_model_file, capsys):
+    report = _run(tmp_path, tiny_model_file, '--peers', '--backend', 'torch',
+                  '--no-overlap-flow')
+    (config,) = report['configs']
+    assert config['backend'] == 'torch' and config['overlap_flow'] is False
+    assert 'flow_thread' not in config['stages_ms']
+    for name in ('lraspp_mobilenet_v3_large', 'deeplabv3_mobilenet_v3_large'):
+        assert config['peers_ms'][name] > 0
+        assert math.isfinite(config['peers_over_pipeline'][name])
+    assert 'peer lraspp_mobilenet_v3_large' in capsys.readouterr().out
+    report = _run(tmp_path, tiny_model_file, '--backend', 'onnxruntime', '--threads', '2')
+    (config,) = report['configs']
+    assert config['backend'] == 'onnxruntime' and config['peers_ms'] == {}
+    assert config['stages_ms']['flow_thread'] > 0  # the flow ran beside the image path
