@@ -205,7 +205,8 @@ class GraphRunner:
                 fn(*static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread-local: CUDA calls of other threads (a node's executor) do not break capture
+        with torch.cuda.graph(graph, capture_error_mode='thread_local'):
             outputs = tuple(fn(*static))
         return _Captured(graph, static, outputs)
 

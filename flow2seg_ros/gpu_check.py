@@ -19,7 +19,9 @@ measures no GPU figure. Needs torch, torchvision, OpenCV, numpy, safetensors and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import itertools
 import json
 import os
 from pathlib import Path
@@ -125,6 +127,36 @@ def flow_estimator(kind: str, device: torch.device) -> tuple[Any, str]:
         if kind == 'learned':
             raise
         return None, f'model card (learned flow unavailable: {exc})'
+
+
+def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float]]:
+    """Share of label pixels equal between the CPU path and the CUDA path (bundled lite model),
+    per precision, from frames at the network size and from 1280x720 frames.
+
+    Args:
+        device: a CUDA device.
+        count: frames per sequence.
+    """
+    cpu_model, card = load_model(None)
+    gpu_model, _ = load_model(None, device=str(device))
+    # the CPU side runs the network in torch: the same network code on both sides
+    torch_backend = {'backend': 'torch'} if 'backend' in {
+        f.name for f in dataclasses.fields(PipelineConfig)} else {}
+    cpu = FramePipeline(PipelineConfig(device='cpu', **torch_backend), model=cpu_model,
+                        card=card)
+    h, w = cpu.input_size
+    out: dict[str, dict[str, float]] = {}
+    for camera in ((w, h), (1280, 720)):
+        frames = scene_frames(count, camera)
+        cpu.reset()
+        ref = [cpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
+        for precision in PRECISIONS:
+            gpu = FramePipeline(PipelineConfig(device=str(device), precision=precision),
+                                model=gpu_model, card=card)
+            got = [gpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
+            equal = sum(int((a == b).sum()) for a, b in zip(ref, got))
+            out.setdefault(_size(camera), {})[precision] = equal / sum(a.size for a in ref)
+    return out
 
 
 def _output_messages(result: Any, header: Any, image_type: Any) -> list[Any]:
@@ -344,6 +376,9 @@ def format_table(report: dict[str, Any]) -> str:
             compiled = f'failed: {comp.get("compile_error")}'
         lines.append(f'torch.compile lite {comp["precision"]}: eager {comp["eager_ms"]:.2f} ms, '
                      f'CUDA graph {comp["graph_ms"]:.2f} ms, compiled {compiled}')
+    for frames, shares in report.get('agreement', {}).items():
+        lines.append(f'labels equal to the CPU path, lite, {frames} frames: ' + ', '.join(
+            f'{p} {100 * v:.3f} %' for p, v in shares.items()))
     for name, aim in report.get('aims', {}).items():
         lines.append(f"aim {'MET' if aim['met'] else 'NOT MET'}: {name}: "
                      + ', '.join(f'{k}={v}' for k, v in aim.items() if k != 'met'))
@@ -386,46 +421,44 @@ def _cpu_reduced(args: argparse.Namespace, report: dict[str, Any]) -> None:
             warmup=args.warmup, device_path_on_cpu=on_device_path))
     # the aims' code runs too, but CPU figures say nothing about them: kept apart, not printed
     report['aims_code_check_on_cpu'] = check_aims(report['configs'])
-    report['notes'].append('no CUDA device: GPU figures NOT measured; ran the device path '
-                           'CPU tests and a reduced CPU run of the harness (CPU path, and the '
-                           'device path code run eagerly on the CPU)')
+    report['notes'].append('no CUDA device: GPU figures NOT measured; a reduced CPU run of the '
+                           'harness (the CPU path, and the device path code run eagerly on the '
+                           'CPU); the tests line says which tests ran')
 
 
 def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
                  device: torch.device) -> bool:
-    """The full timed matrix on CUDA; returns False when a configuration broke."""
+    """Agreement with the CPU, the timed matrix and torch.compile on CUDA; False when a part
+    broke (each broken part is reported and the others still run)."""
     ok = True
+    try:
+        report['agreement'] = agreement(device)
+    except Exception as exc:  # reported; the tests check the thresholds
+        ok = False
+        report['errors'].append(f'agreement: {type(exc).__name__}: {exc}'[:500])
     nets = models(device)
     estimator, report['flow'] = flow_estimator(args.flow, device)
     started = time.perf_counter()
     n = args.warmup + args.frames
     frames = {cam: scene_frames(n, cam) for cam in CAMERAS}
-    for preset in ('lite', 'paper'):
+    matrix = itertools.product(('lite', 'paper'), NETWORKS, CAMERAS, (True, False), PRECISIONS)
+    for preset, network, camera, graphs, precision in matrix:
+        what = f'{preset} {_size(network)} {_size(camera)} {precision} graphs={graphs}'
+        if time.perf_counter() - started > args.budget_s:
+            report['notes'].append(f'time budget ({args.budget_s:.0f} s) spent: skipped {what} '
+                                   'and the configurations after it')
+            break
         model, card = nets[preset]
-        for network in NETWORKS:
-            for camera in CAMERAS:
-                for graphs in (True, False):
-                    for precision in PRECISIONS:
-                        if time.perf_counter() - started > args.budget_s:
-                            report['notes'].append(
-                                f'time budget ({args.budget_s:.0f} s) spent: skipped '
-                                f'{preset} {_size(network)} {_size(camera)} {precision} '
-                                f'graphs={graphs} and later')
-                            return ok
-                        try:
-                            row = time_config(model, card, preset=preset, network=network,
-                                              camera=camera, precision=precision,
-                                              graphs=graphs, device=device,
-                                              frames=frames[camera], warmup=args.warmup,
-                                              estimator=estimator)
-                        except Exception as exc:  # report it and go on with the others
-                            ok = False
-                            report['errors'].append(
-                                f'{preset} {_size(network)} {_size(camera)} {precision} '
-                                f'graphs={graphs}: {type(exc).__name__}: {exc}'[:500])
-                            continue
-                        report['configs'].append(row)
-                        print(_row(row), flush=True)
+        try:
+            row = time_config(model, card, preset=preset, network=network, camera=camera,
+                              precision=precision, graphs=graphs, device=device,
+                              frames=frames[camera], warmup=args.warmup, estimator=estimator)
+        except Exception as exc:  # report it and go on with the others
+            ok = False
+            report['errors'].append(f'{what}: {type(exc).__name__}: {exc}'[:500])
+            continue
+        report['configs'].append(row)
+        print(_row(row), flush=True)
     if not args.no_compile:
         report['compile'] = time_compile(nets['lite'][0], nets['lite'][1], device)
     return ok

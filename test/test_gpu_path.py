@@ -372,15 +372,31 @@ def bundled_pair(precision='fp32', graphs=True):
 @pytest.mark.cuda
 @pytest.mark.parametrize('precision,need', [('fp32', 0.999), ('fp16', 0.995), ('bf16', 0.995)])
 def test_cuda_labels_agree_with_the_cpu(precision, need):
+    """Frames at the network size: the same input on both sides (the issue's measurement)."""
     cpu, gpu = bundled_pair(precision)
     assert gpu.device_path is not None
+    h, w = gpu.input_size
+    equal = total = 0
+    for i, rgb in enumerate(scene(6, h, w)):
+        a = cpu.process(rgb, 0.05 * i)
+        b = gpu.process(rgb, 0.05 * i)
+        equal += int((a.labels == b.labels).sum())
+        total += a.labels.size
+    assert equal / total >= need, f'{precision}: {100 * equal / total:.3f} % of labels agree'
+
+
+@pytest.mark.cuda
+def test_cuda_labels_agree_with_the_cpu_from_hd_frames():
+    """1280x720 frames: each side resizes (within one level of each other), so a few more
+    boundary pixels may differ."""
+    cpu, gpu = bundled_pair('fp32')
     equal = total = 0
     for i, rgb in enumerate(scene(6, 720, 1280)):
         a = cpu.process(rgb, 0.05 * i)
         b = gpu.process(rgb, 0.05 * i)
         equal += int((a.labels == b.labels).sum())
         total += a.labels.size
-    assert equal / total >= need, f'{precision}: {100 * equal / total:.3f} % of labels agree'
+    assert equal / total >= 0.99, f'{100 * equal / total:.3f} % of labels agree'
 
 
 def _outputs(r):
@@ -458,3 +474,39 @@ def test_cuda_device_finish_equals_cpu_finish_on_the_same_logits():
         np.testing.assert_array_equal(got['color_mask'], want.color_mask)
         for name in ('overlay', 'confidence', 'flow_rgb'):
             assert max_diff(got[name], getattr(want, name)) <= 1, name
+
+
+# ---- gpu-check's own logic ----------------------------------------------------------------
+
+
+def _config(preset, network, camera, precision, process_ms, node_share=0.1, graphs=True):
+    return {'preset': preset, 'network': list(network), 'camera': list(camera),
+            'precision': precision, 'graphs': graphs, 'device_path': True,
+            'frames_timed': 5, 'median_ms': {'process': process_ms, 'frame': process_ms + 1},
+            'process_fps': 1e3 / process_ms, 'frame_fps': 1e3 / (process_ms + 1),
+            'node_share': node_share}
+
+
+def test_gpu_check_judges_the_aims_on_the_best_precision_with_graphs():
+    from flow2seg_ros import gpu_check
+    configs = [
+        _config('lite', (512, 256), (1280, 720), 'fp32', 3.5),
+        _config('lite', (512, 256), (1280, 720), 'fp16', 2.5),
+        _config('lite', (512, 256), (1280, 720), 'bf16', 3.8),  # slower than fp32
+        _config('lite', (512, 256), (1280, 720), 'fp16', 1.0, graphs=False),  # not judged
+        _config('paper', (1024, 512), (2048, 1024), 'fp32', 12.0, node_share=0.4),
+        _config('paper', (1024, 512), (2048, 1024), 'fp16', 9.0, node_share=0.2),
+    ]
+    aims = gpu_check.check_aims(configs)
+    lite = aims['lite 1280x720 upload->outputs <= 3 ms']
+    assert lite['met'] and lite['precision'] == 'fp16' and lite['value_ms'] == 2.5
+    paper = aims['paper 1024x512 from 2048x1024 >= 100 fps']
+    assert paper['met'] and paper['precision'] == 'fp16'
+    assert aims['paper: node adds <= 25 % at 2048x1024']['met']
+    low = aims['fp16 and bf16 at least as fast as fp32 (3 % slack)']
+    assert not low['met'] and len(low['slower']) == 1 and 'bf16' in low['slower'][0]
+    table = gpu_check.format_table({'environment': {'device': 'cuda', 'gpu': 'GPU',
+                                                    'cpu_model': 'cpu', 'torch': '2.x'},
+                                    'configs': configs, 'aims': aims})
+    assert 'aim NOT MET: fp16 and bf16' in table and 'aim MET: lite 1280x720' in table
+    assert len(table.splitlines()) == 2 + len(configs) + 1 + len(aims)
