@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from flow2seg_ros.pipeline import PipelineConfig
+from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
            'RUNTIME', 'camera_names', 'check_params_files', 'describe_type_error',
@@ -52,7 +52,7 @@ DESCRIPTIONS = {
     'device': 'auto (CUDA when present, else CPU), cpu, cuda or cuda:N.',
     'backend': 'Who runs the network on the CPU: auto (onnxruntime where installed), torch '
                'or onnxruntime.',
-    'precision': 'fp32 or fp16 (fp16 on CUDA only).',
+    'precision': f"{', '.join(PRECISIONS)} (all but fp32 on CUDA only).",
     'network_image_width': "Network input width in pixels; 0 = the model card's.",
     'network_image_height': "Network input height in pixels; 0 = the model card's.",
     'flow_method': "Optical flow: dis, farneback, raft_small, raft_large; '' = the card's.",

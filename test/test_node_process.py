@@ -47,11 +47,11 @@ rclpy.shutdown()
 """
 
 
-def _start_node(model_file, log_path):
-    cmd = [sys.executable, '-m', 'flow2seg_ros.node', '--ros-args',
+def _start_node(model_file, log_path, extra=(), module='flow2seg_ros.node'):
+    cmd = [sys.executable, '-m', module, '--ros-args',
            '--params-file', str(REPO / 'config' / 'seg.yaml'),
            '-r', 'image:=/cam/image_raw',
-           '-p', f'model_path:={model_file}', '-p', 'device:=cpu']
+           '-p', f'model_path:={model_file}', '-p', 'device:=cpu', *extra]
     log = open(log_path, 'w')
     return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ), stdout=log,
                             stderr=subprocess.STDOUT), log
@@ -122,8 +122,7 @@ def test_seg_node_refuses_bad_parameter(tmp_path):
     done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1
-    assert "precision='fp8': precision must be one of ('fp32', 'fp16')" in \
-        done.stderr + done.stdout
+    assert "precision='fp8': precision must be one of ('fp32', 'fp16'" in done.stderr + done.stdout
 
 
 def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_path):
@@ -172,3 +171,139 @@ def test_best_effort_720p_from_another_process(context, tiny_model_file, tmp_pat
             camera.wait()
         code, text = _stop(proc, log, log_path)
     assert code == 0, text[-3000:]
+
+
+def _call(executor, client, request, what, proc, log_path):
+    _spin_until(executor, client.service_is_ready, 60.0, f'the {what} service', proc, log_path)
+    future = client.call_async(request)
+    _spin_until(executor, future.done, 60.0, f'the {what} reply', proc, log_path)
+    return future.result()
+
+
+def test_three_cameras_in_one_process(context, tiny_model_file, tmp_path):
+    log_path = tmp_path / 'node.log'
+    proc, log = _start_node(tiny_model_file, log_path,
+                            ['-p', 'cameras:=[front, left, rear]', '-r', 'left/image:=/side/raw'])
+    sizes = {'front': (40, 56), 'left': (48, 64), 'rear': (24, 80)}
+    topics = {'front': '/front/image', 'left': '/side/raw', 'rear': '/rear/image'}
+    try:
+        tester = Node('tester', context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(tester)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        labels = {c: [] for c in sizes}
+        for c in sizes:
+            tester.create_subscription(Image, f'/flow2seg_node/{c}/labels', labels[c].append,
+                                       reliable)
+        pubs = {c: tester.create_publisher(Image, topics[c], reliable) for c in sizes}
+        _spin_until(executor, lambda: all(p.get_subscription_count() for p in pubs.values()),
+                    90.0, 'seg_node to subscribe to three cameras', proc, log_path)
+        _spin_until(executor, lambda: all(tester.count_subscribers(f'/flow2seg_node/{c}/labels')
+                                          for c in sizes) and
+                    all(tester.count_publishers(f'/flow2seg_node/{c}/labels') for c in sizes),
+                    30.0, 'the label topics', proc, log_path)
+        rng = np.random.default_rng(1)
+        sent = {}
+        for k in range(3):
+            step = {}
+            for c, (h, w) in sizes.items():
+                msg = Image(height=h, width=w, encoding='rgb8', step=w * 3)
+                msg.data = rng.integers(0, 256, (h, w, 3), dtype=np.uint8).tobytes()
+                msg.header.stamp.sec, msg.header.stamp.nanosec = 2000 + k, 7
+                msg.header.frame_id = f'{c}_{k}'
+                step[c] = sent[msg.header.frame_id] = msg
+            resend_at = [0.0]
+
+            def publish_missing():  # a best-effort input may lose a frame: send it again
+                if time.monotonic() >= resend_at[0]:
+                    resend_at[0] = time.monotonic() + 2.0
+                    for c, msg in step.items():
+                        if not any(o.header.frame_id == msg.header.frame_id for o in labels[c]):
+                            pubs[c].publish(msg)
+
+            _spin_until(executor, lambda: all(
+                any(o.header.frame_id == f'{c}_{k}' for o in labels[c]) for c in sizes), 60.0,
+                f'labels of step {k} from three cameras', proc, log_path, tick=publish_missing)
+        for c, (h, w) in sizes.items():
+            assert {o.header.frame_id for o in labels[c]} == {f'{c}_{k}' for k in range(3)}
+            for out in labels[c]:
+                assert out.header == sent[out.header.frame_id].header
+                assert (out.height, out.width, out.encoding) == (h, w, 'mono8')
+        tester.destroy_node()
+        executor.shutdown()
+    finally:
+        code, text = _stop(proc, log, log_path)
+    assert code == 0, text[-3000:]
+
+
+def test_managed_node_over_dds(context, tiny_model_file, tmp_path):
+    """seg_lifecycle_node driven through its lifecycle services, as a supervisor does."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    log_path = tmp_path / 'node.log'
+    missing = tmp_path / 'missing.safetensors'
+    proc, log = _start_node(missing, log_path, module='flow2seg_ros.lifecycle_node')
+    try:
+        tester = Node('tester', context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(tester)
+        labels = []
+        tester.create_subscription(Image, '/flow2seg_node/labels', labels.append,
+                                   QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        pub = tester.create_publisher(Image, '/cam/image_raw',
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        change = tester.create_client(ChangeState, '/flow2seg_node/change_state')
+        get = tester.create_client(GetState, '/flow2seg_node/get_state')
+        set_params = tester.create_client(SetParameters, '/flow2seg_node/set_parameters')
+
+        def transition(label):
+            request = ChangeState.Request(transition=Transition(label=label))
+            return _call(executor, change, request, label, proc, log_path).success
+
+        def state():
+            return _call(executor, get, GetState.Request(), 'get_state', proc,
+                         log_path).current_state.label
+
+        def send_and_wait(stamp, seconds):
+            msg = Image(height=32, width=48, encoding='rgb8', step=48 * 3)
+            msg.data = bytes(32 * 48 * 3)
+            msg.header.stamp.sec = stamp
+            pub.publish(msg)
+            deadline = time.monotonic() + seconds
+            count = len(labels)
+            while time.monotonic() < deadline and len(labels) == count:
+                executor.spin_once(timeout_sec=0.05)
+
+        assert state() == 'unconfigured'
+        assert not transition('configure'), 'a missing model must fail configure'
+        assert state() == 'unconfigured' and proc.poll() is None
+        reply = _call(executor, set_params, SetParameters.Request(parameters=[
+            Parameter('model_path', value=str(tiny_model_file)).to_parameter_msg()]),
+            'set_parameters', proc, log_path)
+        assert reply.results[0].successful, reply.results[0].reason
+        assert transition('configure') and state() == 'inactive'
+        send_and_wait(1, 1.0)
+        assert labels == [] and pub.get_subscription_count() == 0
+        assert transition('activate') and state() == 'active'
+        _spin_until(executor, lambda: pub.get_subscription_count(), 30.0, 'the subscription',
+                    proc, log_path)
+        for stamp in range(2, 40):
+            send_and_wait(stamp, 1.0)
+            if labels:
+                break
+        assert labels, 'no labels while active'
+        assert transition('deactivate') and state() == 'inactive'
+        count = len(labels)
+        send_and_wait(50, 1.0)
+        assert len(labels) == count, 'labels published while inactive'
+        assert transition('cleanup') and state() == 'unconfigured'
+        assert transition('shutdown') and state() == 'finalized'
+        tester.destroy_node()
+        executor.shutdown()
+    finally:
+        code, text = _stop(proc, log, log_path)
+    assert code == 0, text[-3000:]
+    assert 'configure failed' in text and str(missing) in text and 'Traceback' not in text
