@@ -136,6 +136,7 @@ class GraphRunner:
         self.failed: dict[str, str] = {}
         self.captures = 0
         self.replays = 0
+        self.max_graphs = 16  # per stage and size
 
     def clear(self) -> None:
         """Drop every captured graph (their memory goes back to torch)."""
@@ -147,13 +148,13 @@ class GraphRunner:
             return len(self._graphs.get(name, {}))
         return sum(len(v) for v in self._graphs.values())
 
-    def first_input_shapes(self, name: str) -> set[tuple[int, ...]]:
-        """Shapes of the first input of a stage's graphs (the frame or network size)."""
-        return {key[0][0][0] for key in self._graphs.get(name, {})}
+    def sizes(self, name: str) -> set[Any]:
+        """The sizes (see ``size`` of :meth:`__call__`) a stage holds graphs for."""
+        return {key[0] for key in self._graphs.get(name, {})}
 
     def __call__(self, name: str, fn: Callable[..., Sequence[torch.Tensor]],
                  inputs: Sequence[torch.Tensor], static_key: Any = (), *,
-                 clone: bool = True) -> tuple[torch.Tensor, ...]:
+                 size: Any = None, clone: bool = True) -> tuple[torch.Tensor, ...]:
         """``fn(*inputs)`` as a tuple of tensors, replayed from a graph where possible.
 
         Args:
@@ -161,18 +162,24 @@ class GraphRunner:
             fn: a function of the inputs only (no host synchronisation, fixed shapes).
             inputs: device tensors.
             static_key: anything else that decides what ``fn`` computes.
+            size: the camera or network size the call works at (default the first input's
+                shape); a call at a new size drops the stage's graphs of other sizes, while
+                variants at one size (batch sizes, with or without flow) are kept.
             clone: return copies of the graph's outputs (which the next replay overwrites);
                 False for outputs consumed before the stage runs again.
         """
         inputs = list(inputs)
         if not self._uses_graphs(name, inputs):
             return tuple(fn(*inputs))
-        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), static_key)
+        size = tuple(inputs[0].shape) if size is None else size
+        key = (size, tuple((tuple(x.shape), x.dtype) for x in inputs), static_key)
         stage = self._graphs.setdefault(name, {})
         entry = stage.get(key)
         if entry is None:
-            for old in [k for k in stage if k[0][0] != key[0][0]]:
+            for old in [k for k in stage if k[0] != size]:
                 del stage[old]  # a new size: the old size's graphs go
+            while len(stage) >= self.max_graphs:
+                del stage[next(iter(stage))]  # bounded: the oldest variant goes
             try:
                 entry = self._capture(fn, inputs)
             except Exception as exc:  # capture is an optimisation: run eagerly instead
@@ -301,7 +308,7 @@ class DevicePath:
             bgr: its channels are blue, green, red.
         """
         frame = self.upload(rgb)
-        small, x = self.runner('pre', self._pre(bgr), (frame,), bgr)
+        small, x = self.runner('pre', self._pre(bgr), (frame,), bgr, size=tuple(frame.shape[:2]))
         return DeviceFrame(frame, bgr, small, x)
 
     @torch.inference_mode()
@@ -326,7 +333,8 @@ class DevicePath:
         """
         def flow(p: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor]:
             return (estimator.estimate_batch(p, c),)
-        return self.runner('flow', flow, (prev, cur), id(estimator))[0]
+        return self.runner('flow', flow, (prev, cur), id(estimator),
+                           size=tuple(prev.shape[-2:]))[0]
 
     @torch.inference_mode()
     def network(self, model: torch.nn.Module, x: torch.Tensor, flow: Optional[torch.Tensor],
@@ -354,7 +362,7 @@ class DevicePath:
 
         inputs = (x,) if flow is None else (x, flow)
         key = (heads, id(model), str(dtype))
-        values = self.runner('net', net, inputs, key)
+        values = self.runner('net', net, inputs, key, size=tuple(x.shape[-2:]))
         if not names:  # replayed: the heads are those of the captured call
             names[:] = self._net_names.get(key, [])
         self._net_names[key] = list(names)
@@ -404,7 +412,8 @@ class DevicePath:
             rest = [gpu_ops.labels_and_confidence(x, False)[0][0] for x in ls[1:]]
             return (labels[0],) + tuple(rest) + ((conf[0],) if want_conf else ())
 
-        small = self.runner('argmax', argmax, logits, (want_conf, len(logits)))
+        small = self.runner('argmax', argmax, logits, (want_conf, len(logits)),
+                            size=tuple(logits[0].shape[-2:]))
         if lap is not None:
             lap('argmax')
         big_h, big_w = frame.frame.shape[:2]
@@ -454,7 +463,7 @@ class DevicePath:
 
         inputs = [frame.frame, *small] + ([flow.to(self.device)] if has_flow else [])
         key = (tuple(layout), bgr, alpha)
-        packed = self.runner('post', post, inputs, key, clone=False)[0]
+        packed = self.runner('post', post, inputs, key, size=(big_h, big_w), clone=False)[0]
         host = self.download(packed)
         if lap is not None:
             lap('resize_back')

@@ -282,9 +282,22 @@ def test_graph_replays_equal_eager_and_recapture_only_on_a_new_size():
             assert runner.captures == captured  # one size: replays only
     assert runner.captures > captured  # the new size captured again
     # the old size's graphs went: those held are of the new size (with and without flow)
-    assert runner.first_input_shapes('post') == {(120, 200, 3)}
-    assert runner.first_input_shapes('pre') == {(120, 200, 3)} and runner.graphs('pre') == 1
+    assert runner.sizes('post') == {(120, 200)}
+    assert runner.sizes('pre') == {(120, 200)} and runner.graphs('pre') == 1
     assert runner.replays > 0 and not runner.failed
+
+
+def test_batch_sizes_of_one_network_size_keep_their_graphs():
+    pipe = with_device_path(tiny_pipeline())
+    path = pipe.device_path
+    path.runner = runner = ReplayOnCpu()
+    x1, x2 = torch.randn(1, 3, *NET), torch.randn(2, 3, *NET)
+    for x in (x1, x2, x1, x2):  # cameras batched in turns: 1, 2, 1, 2 frames
+        out = path.network(pipe.model, x, None, ('fused',))
+        assert out['fused'].shape[0] == x.shape[0]
+    assert runner.captures == 2 and runner.graphs('net') == 2
+    path.network(pipe.model, torch.randn(1, 3, 32, 64), None, ('fused',))  # a new size
+    assert runner.sizes('net') == {(32, 64)}
 
 
 def test_a_failed_capture_runs_the_stage_eagerly(caplog):
@@ -433,7 +446,7 @@ def test_cuda_graphs_recapture_after_a_resolution_change_and_not_otherwise():
     results = [pipe.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
     assert runner.captures > captured and results[0].reset_reason == 'size'
     assert results[-1].labels.shape == (480, 640)
-    assert runner.first_input_shapes('post') == {(480, 640, 3)}  # the old size's went
+    assert runner.sizes('post') == {(480, 640)}  # the old size's went
     eager = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=False)
     want = [eager.process(f, 3.0 + 0.05 * i) for i, f in enumerate(small)]
     assert (results[-1].labels == want[-1].labels).mean() >= 0.9999
