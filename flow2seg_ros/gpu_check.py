@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from flow2seg_ros.bench import environment, make_message
 from flow2seg_ros.classes import cityscapes_classes, ClassSet
 from flow2seg_ros.device_path import DevicePath
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
@@ -43,8 +43,8 @@ from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, PRECISIONS
 from flow2seg_ros.weights import load_model, random_model
 
-__all__ = ['AIMS', 'run_tests', 'time_config', 'time_compile', 'check_aims', 'format_table',
-           'main']
+__all__ = ['AIMS', 'agreement', 'camera_message', 'run_tests', 'time_config', 'time_compile',
+           'check_aims', 'format_table', 'main']
 
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ((512, 256), (1024, 512))  # (W, H)
@@ -58,6 +58,29 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float('nan')
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on (no tool module imported: this is a tool itself)."""
+    env = {'device': str(device), 'torch': torch.__version__, 'cuda': torch.version.cuda,
+           'python': platform.python_version(), 'cpu_count': os.cpu_count(),
+           'cpu_model': platform.processor() or platform.machine(),
+           'torch_threads': torch.get_num_threads()}
+    if device.type == 'cuda':
+        env['gpu'] = torch.cuda.get_device_name(device)
+    return env
+
+
+def camera_message(rgb: np.ndarray, stamp: float, image_type: Any) -> Any:
+    """An ``rgb8`` camera message as a driver sends it (rclpy's type, else a stand-in)."""
+    sec, nanosec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec),
+                             frame_id='camera')
+    if image_type is not None:
+        header = image_type().header
+        header.stamp.sec, header.stamp.nanosec = sec, nanosec
+        header.frame_id = 'camera'
+    return image_msg_from_array(rgb, 'rgb8', header, image_type or SimpleNamespace)
+
+
 def _message_type() -> Any:
     try:
         from sensor_msgs.msg import Image
@@ -67,7 +90,8 @@ def _message_type() -> Any:
 
 
 def run_tests(cuda: bool) -> dict[str, Any]:
-    """The device path's tests in a subprocess: those marked ``cuda`` on a GPU, else the CPU ones.
+    """Tests in a subprocess: on a GPU every test marked ``cuda``; without one, the device path's
+    CPU tests (``test/test_gpu_path.py``), which take seconds.
 
     Without pytest (a bare GPU machine) the ``cuda`` tests run through
     :mod:`flow2seg_ros.marked_tests`.
@@ -77,6 +101,8 @@ def run_tests(cuda: bool) -> dict[str, Any]:
     """
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / 'test').glob('test_*.py')
                    if 'mark.cuda' in p.read_text())
+    if not cuda:
+        files = ['test/test_gpu_path.py']
     if importlib.util.find_spec('pytest') is not None:
         marker = ['-m', 'cuda'] if cuda else ['-m', 'not cuda']
         cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *marker, *files]
@@ -198,7 +224,7 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
     stages: dict[str, list[float]] = {}
     for i, rgb in enumerate(frames):
         stamp = 100.0 + i / 30.0
-        msg = make_message(rgb, 'rgb8', stamp, image_type=image_type)
+        msg = camera_message(rgb, stamp, image_type)
         t0 = time.perf_counter()
         frame = image_msg_to_rgb(msg)
         t1 = time.perf_counter()
