@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from flow2seg_ros.data.synth_flow import RenderedFrame
-from flow2seg_ros.data.synth_world import FPS, HFOV_DEG, Mover, SceneBuilder, Vec3
+from flow2seg_ros.data.synth_props import PropsBuilder
+from flow2seg_ros.data.synth_world import FPS, HFOV_DEG, Mover, SCENES, Vec3
 
 __all__ = ['SynthSequence']
 
@@ -26,7 +27,7 @@ _NEAR = 0.1     # clipping planes of the camera [m]
 _FAR = 400.0
 
 
-class SynthSequence(SceneBuilder):
+class SynthSequence(PropsBuilder):
     """One generated street sequence, built in its own pybullet client.
 
     Args:
@@ -34,14 +35,21 @@ class SynthSequence(SceneBuilder):
         frames: number of frames.
         size: (width, height) of the rendered images.
         texture_dir: folder for the procedural texture PNGs (a temporary one when None).
+        scenes: scene family, ``v1`` (ten classes; the bundled model's data) or ``v2`` (the
+            19 classes, articulated pedestrians, riders, wider variation).
     """
 
     def __init__(self, seed: int | Sequence[int], frames: int, size: tuple[int, int] = (512, 256),
-                 texture_dir: Optional[str | Path] = None) -> None:
+                 texture_dir: Optional[str | Path] = None, scenes: str = 'v1') -> None:
         import pybullet as p
 
         if frames < 1:
             raise ValueError(f'frames must be >= 1, got {frames}')
+        if scenes not in SCENES:
+            raise ValueError(f'scenes must be one of {", ".join(SCENES)}, got {scenes!r}')
+        self.scenes = scenes
+        self.hfov = HFOV_DEG         # horizontal field of view [deg] (v2 draws its own)
+        self.haze = 0.0              # haze distance [m] (v2 only; 0 = none)
         self._p = p
         self.width, self.height = int(size[0]), int(size[1])
         self.frames = int(frames)
@@ -100,6 +108,13 @@ class SynthSequence(SceneBuilder):
         for m in self.movers:
             x, y, yaw = m.pose(t)
             c, s = math.cos(yaw), math.sin(yaw)
+            if m.animate is not None:
+                for (body, _), ((ox, oy, oz), roll, pitch) in zip(m.parts, m.animate(t)):
+                    p.resetBasePositionAndOrientation(
+                        body, [x + c * ox - s * oy, y + s * ox + c * oy, oz],
+                        p.getQuaternionFromEuler([roll, pitch, yaw]),
+                        physicsClientId=self._client)
+                continue
             quat = p.getQuaternionFromEuler([0, 0, yaw])
             swing = m.gait * math.sin(2 * math.pi * 1.8 * t + m.phase) if m.gait else 0.0
             for i, (body, (ox, oy, oz)) in enumerate(m.parts):
@@ -139,7 +154,7 @@ class SynthSequence(SceneBuilder):
         view = p.computeViewMatrix([ex, ey, ez], [ex + fwd[0], ey + fwd[1], ez + fwd[2]],
                                    [0, 0, 1], physicsClientId=self._client)
         aspect = self.width / self.height
-        vfov = math.degrees(2 * math.atan(math.tan(math.radians(HFOV_DEG / 2)) / aspect))
+        vfov = math.degrees(2 * math.atan(math.tan(math.radians(self.hfov / 2)) / aspect))
         proj = p.computeProjectionMatrixFOV(vfov, aspect, _NEAR, _FAR,
                                             physicsClientId=self._client)
         _, _, rgba, zbuf, seg = p.getCameraImage(
@@ -156,6 +171,14 @@ class SynthSequence(SceneBuilder):
             self._sky_img = np.ascontiguousarray(
                 np.broadcast_to(grad, (self.height, self.width, 3))).astype(np.float32)
         img = np.where((seg < 0)[..., None], self._sky_img, rgba[..., :3].astype(np.float32))
+        zbuf = np.asarray(zbuf, np.float64).reshape(self.height, self.width)
+        # OpenGL depth buffer (0 at the near plane, 1 at the far one) -> metres along the axis.
+        depth = (_FAR * _NEAR / (_FAR - (_FAR - _NEAR) * zbuf)).astype(np.float32)
+        depth[seg < 0] = np.inf
+        if self.haze > 0:
+            fade = (1.0 - np.exp(-depth / self.haze))[..., None] * (seg >= 0)[..., None]
+            img = img * (1.0 - fade) + self.sky_horizon.astype(np.float32) * fade
+            img = img.astype(np.float32)
         noise_rng = np.random.default_rng([self._frame_seed, frame, 1])
         noise = noise_rng.standard_normal(img.shape, dtype=np.float32)
         noise *= self.noise_sigma
@@ -164,11 +187,6 @@ class SynthSequence(SceneBuilder):
         img = img.clip(0, 255, out=img).astype(np.uint8)
         if self.blur:
             img = cv2.GaussianBlur(img, (3, 3), 0.6)
-
-        # OpenGL depth buffer (0 at the near plane, 1 at the far one) -> metres along the axis.
-        zbuf = np.asarray(zbuf, np.float64).reshape(self.height, self.width)
-        depth = (_FAR * _NEAR / (_FAR - (_FAR - _NEAR) * zbuf)).astype(np.float32)
-        depth[seg < 0] = np.inf
         proj_m = np.asarray(proj, np.float64).reshape(4, 4).T        # pybullet: column-major
         return RenderedFrame(
             rgb=img, labels=labels, body_ids=seg.astype(np.int32), depth=depth,

@@ -91,3 +91,23 @@ def base_color(rng: np.random.Generator, family: str) -> np.ndarray:
         rgb[rng.integers(3)] = rng.uniform(180, 255)
         return rgb
     raise ValueError(f'unknown colour family {family!r}')
+
+
+#: Colour families and texture kinds of the classes ``v2`` scenes add (and the wider choices it
+#: gives pedestrians); ``v1`` scenes keep their own tables (synth_world).
+V2_FAMILIES = {
+    'person': ['vivid', 'dark', 'beige', 'grey', 'green', 'brick'],
+    'fence': ['grey', 'dark', 'green', 'beige'], 'traffic_light': ['dark', 'grey'],
+    'traffic_sign': ['vivid', 'grey'], 'truck': ['vivid', 'grey', 'dark', 'beige'],
+    'bus': ['vivid', 'grey', 'beige'], 'train': ['vivid', 'grey', 'beige'],
+    'rider': ['vivid', 'dark', 'beige', 'grey'], 'motorcycle': ['dark', 'vivid', 'grey'],
+    'bicycle': ['dark', 'vivid', 'grey'],
+}
+V2_KINDS = {
+    'person': ['plain', 'noise', 'stripes', 'checker', 'bricks'],
+    'fence': ['stripes', 'checker'], 'traffic_light': ['plain', 'noise'],
+    'traffic_sign': ['plain', 'stripes'], 'truck': ['plain', 'noise', 'stripes'],
+    'bus': ['windows', 'stripes', 'plain'], 'train': ['windows', 'stripes', 'plain'],
+    'rider': ['plain', 'noise', 'stripes', 'checker'], 'motorcycle': ['plain', 'noise'],
+    'bicycle': ['plain', 'stripes'],
+}

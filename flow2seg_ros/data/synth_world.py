@@ -7,6 +7,11 @@ walking along the sidewalk). Every body is registered with its Cityscapes label 
 (textures, colours, light, sky, exposure, noise) is drawn per sequence; moving cars and pedestrians
 sometimes wear the textures of static classes.
 
+Two scene families: ``v1`` (the scenes above, ten classes) and ``v2``, which adds the other
+Cityscapes classes and wider variation through the hooks of
+:class:`~flow2seg_ros.data.synth_props.PropsBuilder` (the class :class:`SceneBuilder`'s ``v2``
+branches call). ``v1`` never takes those branches, so its frames stay byte-identical for a seed.
+
 All scene choices come from the sequence's random generator in a fixed order: changing that order
 changes every generated frame, so new features must not draw from it.
 """
@@ -22,7 +27,8 @@ import numpy as np
 
 from flow2seg_ros.data.synth_textures import base_color as _color, make_texture as _texture
 
-__all__ = ['FPS', 'HFOV_DEG', 'LABEL_IDS', 'MOVING_LABEL_IDS', 'Mover', 'SceneBuilder']
+__all__ = ['FPS', 'HFOV_DEG', 'LABEL_IDS', 'LABEL_IDS_V2', 'MOVING_LABEL_IDS',
+           'MOVING_LABEL_IDS_V2', 'Mover', 'SCENES', 'SceneBuilder']
 
 #: Camera rate of the generated sequences in frames per second (Cityscapes records at 17 Hz).
 FPS = 17.0
@@ -33,6 +39,23 @@ LABEL_IDS = {
     'terrain': 22, 'sky': 23, 'person': 24, 'car': 26,
 }
 MOVING_LABEL_IDS = (LABEL_IDS['person'], LABEL_IDS['car'])
+
+#: The label ids of ``v2`` scenes: the 19 Cityscapes classes a street scene can show.
+LABEL_IDS_V2 = {
+    **LABEL_IDS, 'fence': 13, 'traffic_light': 19, 'traffic_sign': 20, 'rider': 25, 'truck': 27,
+    'bus': 28, 'train': 31, 'motorcycle': 32, 'bicycle': 33,
+}
+MOVING_LABEL_IDS_V2 = tuple(LABEL_IDS_V2[k] for k in (
+    'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle'))
+
+#: The scene families of the generator.
+SCENES = ('v1', 'v2')
+
+# Camera ranges of the scene families: speed [m/s], height [m], pitch [deg].
+_CAMERA = {
+    'v1': {'speed': (3.0, 8.5), 'height': (1.25, 1.7), 'pitch': (-2.5, 0.5)},
+    'v2': {'speed': (1.5, 13.0), 'height': (1.1, 2.4), 'pitch': (-4.0, 1.0)},
+}
 
 HFOV_DEG = 50.0      # about Cityscapes' camera (fx 2262 px at 2048 px width)
 
@@ -90,6 +113,9 @@ class Mover:
     gait: float = 0.0                              # leg swing amplitude for pedestrians [m]
     legs: tuple[int, ...] = ()                     # indices into parts that swing
     phase: float = 0.0
+    # Articulated objects (v2): t [s] -> per part (offset, roll, pitch) in the object's frame,
+    # the part's orientation being yaw (of the trajectory), then pitch, then roll.
+    animate: Optional[Callable[[float], Sequence[tuple[Vec3, float, float]]]] = None
 
     def pose(self, t: float) -> tuple[float, float, float]:
         return self.trajectory(t)
@@ -107,8 +133,9 @@ class SceneBuilder:
     """Builds the scene of one sequence (the base of ``synth_scene.SynthSequence``).
 
     The subclass sets ``_p`` (the pybullet module), ``_client``, ``rng``, ``frames``, ``_tex_dir``,
-    ``_tex_count``, ``_labels`` (body id -> label id), ``movers`` and ``static_bodies``, then calls
-    :meth:`_build`.
+    ``_tex_count``, ``_labels`` (body id -> label id), ``movers``, ``static_bodies`` and
+    ``scenes`` (``v1`` or ``v2``), then calls :meth:`_build`. The ``v2`` branches call the hooks
+    of :class:`~flow2seg_ros.data.synth_props.PropsBuilder` (``_v2_*``).
     """
 
     # ---- building blocks ----
@@ -120,7 +147,8 @@ class SceneBuilder:
         return self._p.loadTexture(str(path), physicsClientId=self._client)
 
     def _body(self, label: int, shape: str, dims: Sequence[float], pos: Vec3, yaw: float,
-              texture: Optional[int], rgba: Sequence[float], static: bool = True) -> int:
+              texture: Optional[int], rgba: Sequence[float], static: bool = True,
+              roll: float = 0.0, pitch: float = 0.0) -> int:
         p = self._p
         if shape == 'box':
             vis = p.createVisualShape(p.GEOM_BOX, halfExtents=list(dims), rgbaColor=list(rgba),
@@ -134,7 +162,7 @@ class SceneBuilder:
         else:
             raise ValueError(f'unknown shape {shape!r}')
         body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=vis, basePosition=list(pos),
-                                 baseOrientation=p.getQuaternionFromEuler([0, 0, yaw]),
+                                 baseOrientation=p.getQuaternionFromEuler([roll, pitch, yaw]),
                                  physicsClientId=self._client)
         if texture is not None:
             p.changeVisualShape(body, -1, textureUniqueId=texture, rgbaColor=list(rgba),
@@ -194,7 +222,9 @@ class SceneBuilder:
     # ---- the scene ----
     def _build(self) -> None:
         rng = self.rng
-        self.speed = float(rng.uniform(3.0, 8.5))                 # camera speed [m/s]
+        v2 = self.scenes == 'v2'
+        cam = _CAMERA[self.scenes]
+        self.speed = float(rng.uniform(*cam['speed']))            # camera speed [m/s]
         self.duration = self.frames / FPS
         travel = self.speed * self.duration
         self.cam_s0 = 15.0
@@ -203,8 +233,10 @@ class SceneBuilder:
         self.road_hw = lanes * self.lane_w
         self.sidewalk_w = float(rng.uniform(2.0, 4.5))
         self.cam_lateral = -(self.lane_w * (lanes - 1) + self.lane_w / 2)
-        self.cam_height = float(rng.uniform(1.25, 1.7))
-        self.cam_pitch = math.radians(rng.uniform(-2.5, 0.5))
+        self.cam_height = float(rng.uniform(*cam['height']))
+        self.cam_pitch = math.radians(rng.uniform(*cam['pitch']))
+        if v2:
+            self.hfov = float(rng.uniform(40.0, 80.0))
         length = self.cam_s0 + travel + 110.0
         self.path = _Path.random(rng, length)
         self.s_end = length - 5.0
@@ -226,6 +258,8 @@ class SceneBuilder:
             'car': ['plain', 'noise', 'stripes', 'windows'],
             'person': ['plain', 'noise', 'stripes', 'checker'],
         }
+        if v2:
+            self._v2_style_classes(fam, kinds)
         for cls in fam:
             n = 1 if cls in ('road', 'terrain') else int(rng.integers(2, 4))
             style.textures[cls] = []
@@ -239,13 +273,15 @@ class SceneBuilder:
                 if rng.random() < share:
                     style.textures[cls].extend(style.textures[d])
         self.style = style
+        if v2:
+            self._v2_camouflage()
 
         lid = LABEL_IDS
         # Side street: an intersection ahead of the camera's last position.
         self.cross_s = None
         self.cross_hw = 0.0
         cam_end = self.cam_s0 + travel
-        if rng.random() < 0.5:
+        if rng.random() < (0.7 if v2 else 0.5):
             self.cross_s = float(cam_end + rng.uniform(14, 45))
             self.cross_hw = float(rng.uniform(3.0, 6.0))
 
@@ -302,8 +338,12 @@ class SceneBuilder:
         for side in (-1, 1):
             s = self.cam_s0 - float(rng.uniform(5, 15))
             while s < self.s_end:
-                kind = rng.choice(['building', 'trees', 'wall', 'open'],
-                                  p=[0.62, 0.18, 0.12, 0.08])
+                if v2:
+                    kind = rng.choice(['building', 'trees', 'wall', 'open', 'fence'],
+                                      p=[0.5, 0.14, 0.12, 0.08, 0.16])
+                else:
+                    kind = rng.choice(['building', 'trees', 'wall', 'open'],
+                                      p=[0.62, 0.18, 0.12, 0.08])
                 width = float(rng.uniform(6, 22))
                 mid = s + width / 2
                 if in_cross(mid, width / 2 + 1):
@@ -325,6 +365,8 @@ class SceneBuilder:
                                tex, tint)
                     if rng.random() < 0.7:
                         self._tree(mid, side * (edge + rng.uniform(3, 8)))
+                elif kind == 'fence':
+                    self._v2_fence(s, s + width, side * (edge + 0.3))
                 elif kind == 'trees':
                     for _ in range(int(rng.integers(1, 4))):
                         self._tree(mid + rng.uniform(-width / 2, width / 2),
@@ -347,11 +389,19 @@ class SceneBuilder:
                     tex, tint = self._pick('pole')
                     self._body(lid['pole'], 'cylinder', (radius, height), (x, y, height / 2), h,
                                tex, tint)
+                    if v2:
+                        self._v2_pole_fixture(s, side, height, radius)
                     if rng.random() < 0.3:
                         self._tree(s + gap / 2, side * (self.road_hw + self.sidewalk_w * 0.6))
                 s += gap * float(rng.uniform(0.8, 1.2))
 
-        self._add_movers(lanes, cam_end)
+        if v2:
+            self._v2_streetside(lanes, cam_end)
+            self._v2_add_movers(lanes, cam_end)
+            self._v2_appearance()
+        else:
+            self._add_movers(lanes, cam_end)
+        self._make_lut()
 
     def _tree(self, s: float, lateral: float) -> None:
         rng = self.rng
@@ -513,6 +563,9 @@ class SceneBuilder:
         self.blur = bool(rng.random() < 0.3)
         self.shake = float(rng.uniform(0.0, 0.25))      # camera pitch jitter [deg]
         self._sky_img: Optional[np.ndarray] = None
+
+    def _make_lut(self) -> None:
+        """The body id -> label id table of the rendered segmentation mask (sky where empty)."""
         self._lut = np.full(max(self._labels) + 2, LABEL_IDS['sky'], np.uint8)
         for body, label in self._labels.items():
             self._lut[body + 1] = label
