@@ -1,9 +1,12 @@
-"""Flow2SegLoss against its formula, computed by hand."""
+"""Flow2SegLoss and the temporal-consistency term against their formulas, computed by hand."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from flow2seg_ros.losses import Flow2SegLoss
+from flow2seg_ros.losses import (Flow2SegLoss, flow_consistency_mask, TemporalConsistencyLoss,
+                                 warp_to_current)
 
 C, IGNORE = 4, 255
 
@@ -94,3 +97,85 @@ def test_bad_inputs_are_refused():
         loss({'image': heads['image']}, _target())
     with pytest.raises(ValueError, match='non-negative, got -1'):
         Flow2SegLoss(alpha=-1)
+
+
+# ---- temporal consistency (ETC) ----
+
+def _softmax2(a, b):
+    ea, eb = math.exp(a), math.exp(b)
+    return ea / (ea + eb), eb / (ea + eb)
+
+
+def test_temporal_consistency_matches_a_hand_computation():
+    # 1 x 2 classes x 2 rows x 3 columns; the flow says every pixel was one column to the left
+    # in frame t-1 (dx = -1): column 0 came from outside the frame and does not count, and the
+    # mask drops pixel (row 1, column 2): three pixels count.
+    cur = torch.tensor([[[[0.0, 1.0, 2.0], [0.5, -1.0, 3.0]],
+                         [[1.0, 0.0, -2.0], [0.0, 2.0, 1.0]]]], dtype=torch.float64)
+    prev = torch.tensor([[[[2.0, 0.0, 1.0], [-1.0, 1.0, 0.0]],
+                          [[0.0, 0.5, 1.0], [1.0, 0.0, 2.0]]]], dtype=torch.float64)
+    flow = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
+    flow[:, 0] = -1.0
+    mask = torch.ones(1, 2, 3, dtype=torch.bool)
+    mask[0, 1, 2] = False
+    loss = TemporalConsistencyLoss()(cur, prev, flow, mask)
+    # By hand: counted pixels (r, c) with c >= 1 and (r, c) != (1, 2); frame t-1 at (r, c - 1).
+    terms = []
+    for r, c in ((0, 1), (0, 2), (1, 1)):
+        p = _softmax2(float(cur[0, 0, r, c]), float(cur[0, 1, r, c]))
+        q = _softmax2(float(prev[0, 0, r, c - 1]), float(prev[0, 1, r, c - 1]))
+        terms.append((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2)
+    assert loss.item() == pytest.approx(sum(terms) / 3, rel=1e-12)
+
+
+def test_temporal_consistency_gradient_and_detached_previous_frame():
+    g = torch.Generator().manual_seed(3)
+    cur = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    prev = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    flow = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64) * 0.7
+    mask = torch.rand(2, 4, 5, generator=g) > 0.3
+    both = TemporalConsistencyLoss(detach_prev=False)
+    assert torch.autograd.gradcheck(lambda a, b: both(a, b, flow, mask), (cur, prev))
+    TemporalConsistencyLoss()(cur, prev, flow, mask).backward()
+    assert cur.grad.abs().sum() > 0
+    assert prev.grad is None                       # frame t-1 is a fixed target by default
+    # Agreeing predictions of a static scene cost nothing.
+    same = TemporalConsistencyLoss()(cur, cur, torch.zeros_like(flow), mask)
+    assert same.item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_temporal_consistency_without_counted_pixels_is_zero_and_shapes_are_checked():
+    cur = torch.randn(1, 2, 3, 3, requires_grad=True)
+    loss = TemporalConsistencyLoss()(cur, cur, torch.zeros(1, 2, 3, 3),
+                                     torch.zeros(1, 3, 3, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()
+    with pytest.raises(ValueError, match='mask'):
+        TemporalConsistencyLoss()(cur, cur, torch.zeros(1, 2, 3, 3),
+                                  torch.ones(1, 3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match='differ in shape'):
+        TemporalConsistencyLoss()(cur, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 3),
+                                  torch.ones(1, 3, 3, dtype=torch.bool))
+
+
+def test_warp_to_current_samples_frame_t_minus_1_at_x_plus_flow():
+    prev = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4)
+    flow = torch.zeros(1, 2, 3, 4)
+    flow[:, 0] = 1.0                               # was one column to the right
+    flow[:, 1, 0] = 0.5                            # row 0: half a row down
+    warped, inside = warp_to_current(prev, flow)
+    assert torch.equal(warped[0, 0, 1:, :3], prev[0, 0, 1:, 1:])
+    assert torch.allclose(warped[0, 0, 0, :3], (prev[0, 0, 0, 1:] + prev[0, 0, 1, 1:]) / 2)
+    assert inside[0, :, :3].all() and not inside[0, :, 3].any()
+
+
+def test_forward_backward_check_flags_inconsistent_flow():
+    fwd = torch.zeros(1, 2, 4, 6)
+    fwd[:, 0] = 2.0                                # t -> t-1: two columns right
+    bwd = -fwd                                     # t-1 -> t: two columns left (consistent)
+    ok = flow_consistency_mask(fwd, bwd)
+    assert ok[0, :, :4].all() and not ok[0, :, 4:].any()      # columns 4, 5 leave the frame
+    bad = bwd.clone()
+    bad[0, :, 1:3, 3:5] = 0.0        # t-1's pixels there do not come back: occluded in t
+    flagged = flow_consistency_mask(fwd, bad)
+    assert not flagged[0, 1:3, 1:3].any() and flagged[0, 0, :4].all()
