@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 import logging
+import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from flow2seg_ros import gpu_ops
+from flow2seg_ros.flow import scale_flow
 
 __all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'PinnedUpload',
            'PinnedDownload', 'autocast_dtype']
@@ -336,6 +338,81 @@ class DevicePath:
         return self.runner('flow', flow, (prev, cur), id(estimator),
                            size=tuple(prev.shape[-2:]))[0]
 
+    def _amp(self) -> Any:
+        # autocast's cast cache off: graphs and one-shot calls never reuse casts anyway
+        dtype = self.amp_dtype
+        return (contextlib.nullcontext() if dtype is None else
+                torch.autocast(self.device.type, dtype=dtype, cache_enabled=False))
+
+    @torch.inference_mode()
+    def infer(self, model: torch.nn.Module, frames: Sequence[Any], *,
+              flow_scale: float) -> list[dict[str, torch.Tensor]]:
+        """The network on a batch of prepared frames, logits at their native stride.
+
+        The image path is queued on the device first; the flow is computed while it runs (a host
+        method such as DIS overlaps with it; the learned flow runs on the device frames); then
+        the flow path and the fusion. Each frame gets ``frame.flow`` and the stages ``flow``
+        (the flow's wall time, image path queued) and ``network`` (what was left to wait for).
+
+        Args:
+            model: the Flow2Seg network.
+            frames: :class:`~flow2seg_ros.pipeline.PreparedFrame` s with ``device`` set, of one
+                network size (``prev_small`` set where flow is wanted).
+            flow_scale: the model card's flow scale.
+
+        Returns:
+            Per frame ``{'fused', 'image'[, 'flow']: (1, C, h, w) logits}``.
+        """
+        size = tuple(frames[0].device.x.shape[-2:])
+        key = (id(model), str(self.amp_dtype))
+        t0 = time.perf_counter()
+        x = torch.cat([f.device.x for f in frames])
+
+        def image_path(x: torch.Tensor) -> tuple[torch.Tensor]:
+            with self._amp():
+                return (model.image_logits(x)[0],)
+
+        image = self.runner('image', image_path, (x,), key, size=size)[0]
+        idx = [i for i, f in enumerate(frames)
+               if f.prev_small is not None and f.pipeline.flow_estimator is not None]
+        for i in idx:
+            f = frames[i]
+            estimator = f.pipeline.flow_estimator
+            if hasattr(estimator, 'estimate_batch') and f.device.prev_small is not None:
+                f.flow = self.flow(estimator, f.device.prev_small, f.device.small)[0]
+            else:  # on the host, while the device runs the image path
+                f.flow = estimator(f.prev_small, f.small)
+        t1 = time.perf_counter()
+        joined: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if idx:
+            flow_in = scale_flow(torch.stack([frames[i].flow for i in idx]).to(self.device),
+                                 flow_scale)
+
+            def flow_path(image: torch.Tensor, flow_in: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+                with self._amp():
+                    flow_logits = model.flow_logits(flow_in)
+                    return model.fuse(image, flow_logits), flow_logits
+
+            picked = image if len(idx) == len(frames) else image[idx]
+            fused, flow_logits = self.runner('fuse', flow_path, (picked, flow_in), key,
+                                             size=size)
+            joined = {i: (fused[j:j + 1], flow_logits[j:j + 1]) for j, i in enumerate(idx)}
+        outs = []
+        for i in range(len(frames)):
+            img = image[i:i + 1]
+            if i in joined:
+                outs.append({'fused': joined[i][0], 'image': img, 'flow': joined[i][1]})
+            else:
+                outs.append({'fused': img, 'image': img})
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        for f in frames:
+            f.timings['flow'] = f.timings.get('flow', 0.0) + 1000.0 * (t1 - t0)
+            f.timings['network'] = f.timings.get('network', 0.0) + 1000.0 * (t2 - t1)
+        return outs
+
     @torch.inference_mode()
     def network(self, model: torch.nn.Module, x: torch.Tensor, flow: Optional[torch.Tensor],
                 heads: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -352,10 +429,7 @@ class DevicePath:
         dtype = self.amp_dtype
 
         def net(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            # autocast's cast cache off: graphs and one-shot calls never reuse casts anyway
-            amp = (contextlib.nullcontext() if dtype is None else
-                   torch.autocast(self.device.type, dtype=dtype, cache_enabled=False))
-            with amp:
+            with self._amp():
                 out = model(args[0], args[1] if len(args) > 1 else None, heads=heads)
             names[:] = list(out)
             return tuple(out.values())

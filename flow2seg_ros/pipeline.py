@@ -406,15 +406,13 @@ class FramePipeline:
                                  'one model object')
         if self.cpu_path is not None:  # CPU path: native-stride logits, flow overlapped
             return self.cpu_path.infer(frames, self._network_input([f.small for f in frames]))
+        if self.device_path is not None and all(f.device is not None for f in frames):
+            # device path: image path queued first, flow alongside, graphs, native strides
+            return self.device_path.infer(self.model, frames, flow_scale=self.flow_scale)
         for f in frames:
             timer = _Timer(self.device.type == 'cuda', f.timings)
-            estimator = f.pipeline.flow_estimator
-            if f.device is not None and f.device.prev_small is not None and \
-                    hasattr(estimator, 'estimate_batch'):  # device path: flow on the device
-                f.flow = f.pipeline.device_path.flow(estimator, f.device.prev_small,
-                                                     f.device.small)[0]
-            elif f.prev_small is not None:
-                f.flow = estimator(f.prev_small, f.small)
+            if f.prev_small is not None:
+                f.flow = f.pipeline.flow_estimator(f.prev_small, f.small)
             timer.lap('flow')
 
         t0 = time.perf_counter()
@@ -425,19 +423,14 @@ class FramePipeline:
         for idx in groups:
             if not idx:
                 continue
-            if all(frames[i].device is not None for i in idx):  # device path
-                x = torch.cat([frames[i].device.x for i in idx])
-            else:
-                x = self._network_input([frames[i].small for i in idx])
+            x = self._network_input([frames[i].small for i in idx])
             flow = None
             if frames[idx[0]].flow is not None:
                 flow = torch.stack([frames[i].flow for i in idx]).to(self.device)
                 flow = scale_flow(flow, self.flow_scale)
-            if self.device_path is not None:  # device path: a CUDA graph, autocast inside
-                out = self.device_path.network(self.model, x, flow, heads)
-            else:
-                with torch.autocast('cuda', dtype=torch.float16, enabled=self.fp16):
-                    out = self.model(x, flow, heads=heads)
+            with torch.autocast('cuda', dtype=self.amp_dtype or torch.float16,
+                                enabled=self.amp_dtype is not None):
+                out = self.model(x, flow, heads=heads)
             for j, i in enumerate(idx):
                 outs[i] = {h: v[j:j + 1] for h, v in out.items()}
         if self.device.type == 'cuda':

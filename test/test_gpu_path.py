@@ -213,6 +213,38 @@ def test_learned_flow_runs_on_the_device_frames():
     np.testing.assert_array_equal(result.flow, want.numpy())
 
 
+def test_cameras_batched_on_the_device_path_equal_one_by_one():
+    from flow2seg_ros.pipeline import infer_batch
+    base = tiny_pipeline()
+
+    def camera():
+        pipe = FramePipeline(PipelineConfig(device='cpu'), model=base.model, card=base.card)
+        return with_device_path(pipe)
+
+    batched, single = [camera(), camera()], [camera(), camera()]
+    a, b = scene(3, 150, 260, seed=1), scene(3, 100, 180, seed=2)
+    for i in range(2):
+        for pipe, f in zip(batched + single, [a[i], b[i]] * 2):
+            pipe.process(f, 0.05 * i)
+    # camera 0 goes on with flow, camera 1 restarts (a first frame): a mixed batch
+    batched[1].reset()
+    single[1].reset()
+    frames = [batched[0].prepare(a[2], 0.1), batched[1].prepare(b[2], 0.1)]
+    outs = infer_batch(frames, heads=('fused', 'image', 'flow'))
+    got = [p.finish(f, o, heads=('fused', 'image', 'flow'))
+           for p, f, o in zip(batched, frames, outs)]
+    want = [p.process(f, 0.1, heads=('fused', 'image', 'flow'))
+            for p, f in zip(single, (a[2], b[2]))]
+    assert got[0].used_flow and not got[1].used_flow
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.labels, w.labels)
+        np.testing.assert_array_equal(g.overlay, w.overlay)
+        for h in ('image', 'flow'):
+            assert (g.head_labels[h] is None) == (w.head_labels[h] is None)
+            if g.head_labels[h] is not None:
+                np.testing.assert_array_equal(g.head_labels[h], w.head_labels[h])
+
+
 def test_pinned_upload_reuses_its_buffer_and_never_changes_an_earlier_frame():
     up = PinnedUpload(torch.device('cpu'))
     a, b = scene(2, 48, 64)
