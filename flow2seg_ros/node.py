@@ -61,8 +61,8 @@ from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.encodings import (
     compressed_msg_to_rgb, image_msg_from_array, image_msg_to_rgb, ImageFormatError)
 from flow2seg_ros.node_params import (
-    camera_names, check_params_files, DEFAULTS, describe_type_error, DESCRIPTIONS, NODE_NAME,
-    NodeConfigError, OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters,
+    batch_size, camera_names, check_params_files, DEFAULTS, describe_type_error, DESCRIPTIONS,
+    NODE_NAME, NodeConfigError, OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters,
     worker_count)
 from flow2seg_ros.pipeline import FramePipeline
 from flow2seg_ros.weights import load_model
@@ -194,9 +194,10 @@ class SegmentationNodeMixin:
         except (ValueError, OSError, RuntimeError, ImportError) as exc:
             raise NodeConfigError(
                 f'cannot build the segmentation pipeline: {_one_line(exc)}') from exc
+        device_type = getattr(getattr(pipelines[0], 'device', None), 'type', 'cpu')
         self._scheduler = FrameScheduler(
             names, batch_wait_s=float(values['batch_wait_ms']) / 1e3,
-            max_batch=int(values['max_batch_size']), key=self._batch_key)
+            max_batch=batch_size(values, device_type), key=self._batch_key)
         self.cameras = {name: _Camera(name, pipe, self._scheduler.slots[name].stats)
                         for name, pipe in zip(names, pipelines)}
         self.pipeline = pipelines[0]

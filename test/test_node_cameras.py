@@ -100,7 +100,7 @@ def test_a_reset_on_one_camera_leaves_the_others_alone(harness):
 
 
 def test_frames_arriving_together_run_as_one_batch_with_unbatched_labels(harness, tiny_model):
-    h = harness(params={'cameras': ['a', 'b'], 'batch_wait_ms': 300.0})
+    h = harness(params={'cameras': ['a', 'b'], 'batch_wait_ms': 300.0, 'max_batch_size': 2})
     labels = {c: h.subscribe(f'/flow2seg_node/{c}/labels') for c in 'ab'}
     pubs = _publishers(h, 'ab')
     sent = {c: [] for c in 'ab'}
