@@ -67,6 +67,9 @@ class TrainConfig:
     # loss (None = Flow2SegLoss's documented defaults)
     loss_alpha: Optional[float] = None
     loss_beta: Optional[float] = None
+    # weight of the temporal-consistency term (losses.TemporalConsistencyLoss) on the fused
+    # head; > 0 also runs the model on each sample's previous frame; 0 = off
+    loss_tc: float = 0.0
     # optimisation
     optimizer: str = 'sgd'  # sgd | adamw
     lr: float = 0.01
@@ -153,6 +156,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise bad('lr', 'must be positive')
     if cfg.flow_scale <= 0:
         raise bad('flow_scale', 'must be positive')
+    if cfg.loss_tc < 0:
+        raise bad('loss_tc', 'must be >= 0')
     if cfg.freeze_image_path and not cfg.use_flow:
         raise ConfigError(f'{source}: freeze_image_path needs use_flow: true (an image-only model '
                           'with a frozen image path has nothing to train)')

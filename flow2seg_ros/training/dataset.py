@@ -3,12 +3,15 @@
 Flow is estimated on the augmented frames (as the node sees its frames) with the estimator and
 fixed scale recorded in the model card: in DataLoader workers for CPU estimators, on the training
 device for RAFT (:func:`batch_flow`). Without geometric augmentation it can be cached on disk.
+With a temporal-consistency weight (``loss_tc > 0``) the samples also carry the previous frame
+and what the term needs (:class:`TemporalPairDataset`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 import random
+import re
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -16,12 +19,14 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from flow2seg_ros.classes import ClassSet
-from flow2seg_ros.data.cityscapes import PairTransform, SequencePairDataset
+from flow2seg_ros.data.cityscapes import PairTransform, read_rgb, SequencePairDataset
 from flow2seg_ros.flow import make_flow_estimator, scale_flow
+from flow2seg_ros.losses import flow_consistency_mask
 from flow2seg_ros.training.config import ConfigError, geometric_free, TrainConfig
 
-__all__ = ['FlowPairDataset', 'SkipSampler', 'batch_flow', 'flow_in_loader', 'make_pair_datasets',
-           'make_train_set', 'make_val_set', 'normalize_image', 'seed_worker', 'training_flow']
+__all__ = ['FlowPairDataset', 'SkipSampler', 'TemporalPairDataset', 'batch_flow', 'flow_in_loader',
+           'make_pair_datasets', 'make_train_set', 'make_val_set', 'normalize_image',
+           'seed_worker', 'training_flow']
 
 
 def normalize_image(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -136,6 +141,96 @@ class FlowPairDataset(Dataset):
         return out
 
 
+# ---- samples for the temporal-consistency term (loss_tc > 0) ----
+_IMAGE_STEM = re.compile(r'^(?P<head>.+_)(?P<frame>\d+)(?P<tail>_leftImg8bit\.png)$')
+
+
+def _frame_before(path: Path) -> Optional[Path]:
+    """The path of the frame before a ``<city>_<seq>_<frame>_leftImg8bit.png`` frame (None for
+    frame 0 or another name)."""
+    m = _IMAGE_STEM.match(path.name)
+    if m is None or int(m['frame']) == 0:
+        return None
+    digits = len(m['frame'])
+    return path.with_name(f"{m['head']}{int(m['frame']) - 1:0{digits}d}{m['tail']}")
+
+
+class TemporalPairDataset(FlowPairDataset):
+    """:class:`FlowPairDataset` samples plus what the temporal-consistency term needs.
+
+    Besides ``image``, ``label`` and (with flow) ``flow``, each sample carries ``prev_image``
+    (3, H, W), the previous frame normalised; ``tc_flow`` (2, H, W) float32, the estimator's flow
+    from the frame to the previous one in pixels (the one the network's ``flow`` input is scaled
+    from); ``tc_mask`` (H, W) bool, where that flow passes the forward-backward check
+    (:func:`flow2seg_ros.losses.flow_consistency_mask`, one more estimator call, previous ->
+    current); and, for a flow model, ``prev_flow`` (2, H, W): the network flow input of the
+    previous frame, from the frame before it, which is read and augmented exactly like the pair
+    (the augmentation's random draws are replayed). Where no frame before the previous one
+    exists, ``prev_flow`` is zero and ``tc_mask`` is all False, so the sample adds nothing to the
+    term. Flow is always computed here (an image-only model needs it for the term too) and never
+    cached.
+
+    Args:
+        pairs: the (augmenting) pair dataset.
+        cfg: the training config.
+        raw_pairs: the same pairs without augmentation (frames are re-augmented from these).
+    """
+
+    def __init__(self, pairs: SequencePairDataset, cfg: TrainConfig, *,
+                 raw_pairs: SequencePairDataset) -> None:
+        super().__init__(pairs, cfg, with_flow=cfg.use_flow, flow_in_loader=True,
+                         raw_pairs=None)
+        self.raw_pairs = raw_pairs
+        if len(raw_pairs) != len(pairs):
+            raise ValueError(f'raw_pairs has {len(raw_pairs)} samples, pairs {len(pairs)}')
+
+    def _augment(self, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The pairs' transform applied to each sample with the same random draws."""
+        transform = getattr(self.pairs, 'transform', None)
+        if transform is None:
+            return list(samples)
+        gen = getattr(transform, 'generator', None)
+        state = gen.get_state() if gen is not None else torch.get_rng_state()
+        out = []
+        for sample in samples:
+            if gen is not None:
+                gen.set_state(state)
+            else:
+                torch.set_rng_state(state)
+            out.append(transform(sample))
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raw = self.raw_pairs[index]
+        _, _, prev_path, _ = self.raw_pairs.samples[index]
+        older = _frame_before(Path(prev_path))
+        samples = [raw]
+        if self.cfg.use_flow and older is not None and older.is_file():
+            samples.append({'image': raw['prev'], 'prev': read_rgb(older), 'label': raw['label'],
+                            'name': raw['name']})
+        aug = self._augment(samples)
+        image, prev, label = aug[0]['image'], aug[0]['prev'], aug[0]['label']
+        estimate = self.estimator()
+        fwd = estimate(prev, image).cpu().float()
+        bwd = estimate(image, prev).cpu().float()
+        mask = flow_consistency_mask(fwd[None], bwd[None])[0]
+        out: dict[str, Any] = {
+            'image': normalize_image(image, self.cfg.mean, self.cfg.std),
+            'label': torch.from_numpy(np.ascontiguousarray(label)).long(),
+            'prev_image': normalize_image(prev, self.cfg.mean, self.cfg.std),
+            'tc_flow': fwd, 'tc_mask': mask,
+        }
+        if self.cfg.use_flow:
+            out['flow'] = training_flow(fwd, self.cfg)
+            if len(aug) > 1:
+                out['prev_flow'] = training_flow(estimate(aug[1]['prev'], prev).cpu().float(),
+                                                 self.cfg)
+            else:
+                out['prev_flow'] = torch.zeros_like(out['flow'])
+                out['tc_mask'] = torch.zeros_like(mask)
+        return out
+
+
 class SkipSampler(Sampler):
     """A sampler's order without its first ``skip`` indices (resuming mid-epoch)."""
 
@@ -217,8 +312,14 @@ def make_train_set(cfg: TrainConfig, classes: ClassSet, device: torch.device,
     """
     in_loader = flow_in_loader(cfg, device)
     pairs, raw = make_pair_datasets(cfg, cfg.train_split, classes, augment=True)
-    train_set = FlowPairDataset(pairs, cfg, with_flow=cfg.use_flow, flow_in_loader=in_loader,
-                                raw_pairs=raw)
+    if cfg.loss_tc > 0:
+        if not in_loader:
+            raise ConfigError(f'loss_tc > 0 computes flow in the DataLoader; flow_method '
+                              f'{cfg.flow_method!r} runs on {device} (use a CPU estimator)')
+        train_set: FlowPairDataset = TemporalPairDataset(pairs, cfg, raw_pairs=raw)
+    else:
+        train_set = FlowPairDataset(pairs, cfg, with_flow=cfg.use_flow,
+                                    flow_in_loader=in_loader, raw_pairs=raw)
     if len(train_set) < cfg.batch_size * world:
         raise ValueError(f'{cfg.data_root} split {cfg.train_split!r} has {len(train_set)} '
                          f'samples, fewer than one batch ({cfg.batch_size} x {world} processes)')

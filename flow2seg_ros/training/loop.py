@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.losses import TemporalConsistencyLoss
 from flow2seg_ros.metrics import HeadsEvaluator
 from flow2seg_ros.models import HEADS
 from flow2seg_ros.training.config import TrainConfig
@@ -64,6 +65,12 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
                     on_step: Optional[Callable[[TrainState], None]] = None) -> None:
     """Train over one pass of ``data_loader`` or until ``cfg.steps`` steps are done.
 
+    With ``cfg.loss_tc > 0`` the batches also carry each sample's previous frame
+    (:class:`~flow2seg_ros.training.dataset.TemporalPairDataset`): the model runs on it without
+    gradient (its prediction is the fixed target of the temporal-consistency term; in training
+    mode, so both frames see BatchNorm alike) and ``cfg.loss_tc`` times
+    :class:`~flow2seg_ros.losses.TemporalConsistencyLoss` on the fused head joins the loss.
+
     Args:
         model: the model (possibly DDP-wrapped), in training mode.
         criterion: Flow2SegLoss.
@@ -80,6 +87,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
         on_step: called after every step (checkpointing).
     """
     t_last, n_last = time.perf_counter(), 0
+    tc_loss = TemporalConsistencyLoss() if cfg.loss_tc > 0 else None
     for batch in data_loader:
         if state.step >= cfg.steps or (cfg.stop_at and state.step >= cfg.stop_at):
             break
@@ -89,6 +97,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
         with torch.autocast(device.type, enabled=scaler is not None):
             outputs = model(image, flow)
             loss, _parts = criterion(outputs, target)
+            if tc_loss is not None:
+                loss = loss + cfg.loss_tc * _temporal_term(model, tc_loss, outputs, batch,
+                                                           device, cfg)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'loss is {loss.item()} at step {state.step}; '
                                      'lower lr or check the data')
@@ -116,6 +127,19 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
                 t_last, n_last = now, 0
         if on_step is not None:
             on_step(state)
+
+
+def _temporal_term(model: torch.nn.Module, tc_loss: TemporalConsistencyLoss,
+                   outputs: dict[str, torch.Tensor], batch: dict[str, Any],
+                   device: torch.device, cfg: TrainConfig) -> torch.Tensor:
+    """The temporal-consistency term of a batch: the fused head against the previous frame's."""
+    if 'prev_image' not in batch:
+        raise ValueError('loss_tc > 0 needs batches with the previous frame (TemporalPairDataset)')
+    prev_flow = batch['prev_flow'].to(device, non_blocking=True) if cfg.use_flow else None
+    with torch.no_grad():
+        prev = unwrap(model)(batch['prev_image'].to(device, non_blocking=True), prev_flow)
+    return tc_loss(outputs['fused'], prev['fused'], batch['tc_flow'].to(device, non_blocking=True),
+                   batch['tc_mask'].to(device, non_blocking=True))
 
 
 def _epoch_loader(train_set: Dataset, sampler: DistributedSampler, cfg: TrainConfig, *,
