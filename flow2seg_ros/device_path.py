@@ -7,11 +7,13 @@ mask, overlay, confidence and flow picture all run on the device (:mod:`flow2seg
 what is published comes back in one copy into page-locked memory.
 
 Every shape in that work is fixed by the camera and network sizes, so each stage (``pre``:
-resize and normalisation; ``net``: the network; ``argmax``; ``post``: pictures at camera size)
-is captured as a CUDA graph at the first frame of a size and replayed after that
-(:class:`GraphRunner`); a new camera or network size captures again. ``graphs=False`` runs the
-same functions eagerly. On the CPU the same code runs eagerly (the tests use that); the pipeline
-keeps its OpenCV path there, which is faster on a CPU.
+resize and normalisation; ``image``: the image path; ``flow``: a device flow network; ``fuse``:
+flow path and fusion; ``argmax``; ``post``: labels and pictures at camera size) is captured as a
+CUDA graph at the first frame of a size and replayed after that (:class:`GraphRunner`); a new
+camera or network size captures again, and ``graphs=False`` runs the same functions eagerly.
+The image path is queued before the flow is computed, so a flow method on the host (DIS) runs
+while the device works. On the CPU the same code runs eagerly (the tests use that); the
+pipeline keeps its own CPU path there, which is faster on a CPU.
 """
 from __future__ import annotations
 
