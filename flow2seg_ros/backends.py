@@ -5,7 +5,8 @@ while the image path runs (see :mod:`flow2seg_ros.pipeline`):
 
 * ``image_logits(x, shared=False)``: (N, 3, H, W) normalised image -> (N, C, H/8, W/8) logits;
   ``shared=True`` says another thread (the flow) is busy on one of the cores meanwhile;
-* ``flow_logits(flow)``: (N, 2, H, W) scaled flow -> (N, C, h', w') logits (the flow thread);
+* ``flow_logits(flow, shared=False)``: (N, 2, H, W) scaled flow -> (N, C, h', w') logits;
+  ``shared=True`` when called from the flow thread (one thread);
 * ``fuse(image_logits, flow_logits)`` -> (N, C, H/8, W/8) fused logits.
 
 All take and return torch tensors; logits stay at the network's native strides (the pipeline
@@ -114,7 +115,8 @@ class TorchRunner:
             if shared and cpu and self.threads > 1:
                 torch.set_num_threads(self.threads)
 
-    def flow_logits(self, flow: torch.Tensor) -> torch.Tensor:
+    def flow_logits(self, flow: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
+        # shared=True: called from the flow thread, which runs torch on one thread already
         with self._autocast():
             return self.model.flow_logits(flow)
 
@@ -131,9 +133,9 @@ def _shape(value_info: Any) -> list[Union[int, str]]:
 class OrtRunner:
     """The network in ONNX Runtime on the CPU, from a file :func:`export_onnx` wrote.
 
-    Sessions: the image path alone with all threads (frames without flow, image-only models),
-    the image path with one thread fewer (while the flow thread works), the flow path with one
-    thread (it runs in the flow thread), the fusion with all threads. Idle session threads
+    Sessions: the image path and the flow path each with all threads (when they run alone) and
+    with fewer (the image path with one thread fewer while the flow thread works, the flow path
+    with one thread in the flow thread), the fusion with all threads. Idle session threads
     sleep instead of spinning, so they do not take the core the flow needs.
 
     Args:
@@ -217,7 +219,9 @@ class OrtRunner:
         self._image_shared = (session(image_part, self.threads - 1) if self.threads > 1
                               else self._image)
         if has_flow:
-            self._flow = session(extractor.extract_model(['flow'], ['flow_logits']), 1)
+            flow_part = extractor.extract_model(['flow'], ['flow_logits'])
+            self._flow = session(flow_part, 1)
+            self._flow_all = session(flow_part, self.threads) if self.threads > 1 else self._flow
             self._fuse = session(extractor.extract_model(['image_logits', 'flow_logits'],
                                                          ['fused_logits']), self.threads)
 
@@ -238,8 +242,9 @@ class OrtRunner:
         return self._run(self._image_shared if shared else self._image, 'image_logits',
                          {'image': x})
 
-    def flow_logits(self, flow: torch.Tensor) -> torch.Tensor:
-        return self._run(self._flow, 'flow_logits', {'flow': flow})
+    def flow_logits(self, flow: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
+        return self._run(self._flow if shared else self._flow_all, 'flow_logits',
+                         {'flow': flow})
 
     def fuse(self, image_logits: torch.Tensor, flow_logits: torch.Tensor) -> torch.Tensor:
         return self._run(self._fuse, 'fused_logits',

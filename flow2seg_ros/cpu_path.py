@@ -103,6 +103,9 @@ class CpuPath:
         self.threads = threads or torch.get_num_threads()
         self.overlap = bool(overlap) and self.threads >= 2
         self._pool: Optional[ThreadPoolExecutor] = None
+        # running means (ms) that decide where the flow path runs; start in the flow thread
+        self._image_ms = 1.0
+        self._estimator_ms = 0.0
 
     def _flow_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -119,25 +122,31 @@ class CpuPath:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _flow_job(self, frames: Sequence[Any]) -> tuple[torch.Tensor, list[float], float]:
-        # flow for each frame, from its own pipeline's estimator, then the flow path on the batch
+    def _flow_job(self, frames: Sequence[Any], path: bool,
+                  shared: bool) -> tuple[Optional[torch.Tensor], list[float], float]:
+        # flow for each frame, from its own pipeline's estimator, then (with ``path``) the flow
+        # path on the batch
+        started = time.perf_counter()
         with torch.inference_mode():
             estimator_ms = []
             for f in frames:
                 t0 = time.perf_counter()
                 f.flow = f.pipeline.flow_estimator(f.prev_small, f.small).to('cpu')
                 estimator_ms.append(1000.0 * (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            flow = scale_flow(torch.stack([f.flow for f in frames]), self.flow_scale)
-            logits = self.runner.flow_logits(flow)
-            return logits, estimator_ms, 1000.0 * (time.perf_counter() - t0)
+            logits = self._flow_path(frames, shared) if path else None
+        return logits, estimator_ms, 1000.0 * (time.perf_counter() - started)
+
+    def _flow_path(self, frames: Sequence[Any], shared: bool) -> torch.Tensor:
+        flow = scale_flow(torch.stack([f.flow for f in frames]), self.flow_scale)
+        return self.runner.flow_logits(flow, shared=shared)
 
     def infer(self, frames: Sequence[Any], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """The network's native-stride logits for each frame; sets ``frame.flow`` and timings.
 
-        Stages: ``flow`` (the flow time the image path did not hide; all of it without
-        overlap), ``network`` (image path, fusion, and the flow path when not overlapped) and
-        ``flow_thread`` (the flow thread's own time, estimator and flow path, when overlapped).
+        Stages: ``flow`` (without overlap the estimator's time; with it, the time spent waiting
+        for the flow thread), ``network`` (the rest: image path, fusion, and the flow path
+        unless the flow thread ran it) and ``flow_thread`` (the flow thread's own time, when
+        overlapped).
 
         Args:
             frames: prepared frames (``prev_small`` set where flow is wanted).
@@ -152,20 +161,30 @@ class CpuPath:
         t0 = time.perf_counter()
         flow_logits = None
         if idx and self.overlap:
-            job = self._flow_pool().submit(self._flow_job, flow_frames)
+            # The flow path goes in the flow thread too while the estimator is quicker than the
+            # image path (then both hide behind it); otherwise it waits for the estimator and
+            # runs on every core once the image path is done.
+            in_thread = self._estimator_ms < self._image_ms
+            job = self._flow_pool().submit(self._flow_job, flow_frames, in_thread, True)
             try:
+                t1 = time.perf_counter()
                 image_logits = self.runner.image_logits(x, shared=True)
             finally:
-                t1 = time.perf_counter()
-                flow_logits, estimator_ms, path_ms = job.result()
-            waited = 1000.0 * (time.perf_counter() - t1)
-            for f, ms in zip(flow_frames, estimator_ms):
+                t2 = time.perf_counter()
+                flow_logits, estimator_ms, thread_ms = job.result()
+            waited = 1000.0 * (time.perf_counter() - t2)  # flow time the image path did not hide
+            self._image_ms = 0.8 * self._image_ms + 0.2 * 1000.0 * (t2 - t1)
+            self._estimator_ms = 0.8 * self._estimator_ms + 0.2 * sum(estimator_ms)
+            if flow_logits is None:  # on every core now, counted as network like the fusion
+                flow_logits = self._flow_path(flow_frames, False)
+            for f in flow_frames:
                 f.timings['flow'] = f.timings.get('flow', 0.0) + waited
-                f.timings['flow_thread'] = ms + path_ms
+                f.timings['flow_thread'] = thread_ms
             t0 += waited / 1000.0
         else:
             if idx:
-                flow_logits, estimator_ms, _ = self._flow_job(flow_frames)
+                _, estimator_ms, _ = self._flow_job(flow_frames, False, False)
+                flow_logits = self._flow_path(flow_frames, False)
                 for f, ms in zip(flow_frames, estimator_ms):
                     f.timings['flow'] = f.timings.get('flow', 0.0) + ms
                 t0 += sum(estimator_ms) / 1000.0

@@ -42,8 +42,8 @@ from flow2seg_ros.cli import cli_main, size_arg
 from flow2seg_ros.models.flow2seg import MIN_INPUT_SIZE
 from flow2seg_ros.weights import load_model
 
-__all__ = ['ONNX_FORMAT', 'INPUTS', 'OUTPUTS', 'OnnxGraph', 'weights_digest', 'export_onnx',
-           'onnx_card_path', 'get_args_parser', 'main']
+__all__ = ['ONNX_FORMAT', 'DEFAULT_OPSET', 'INPUTS', 'OUTPUTS', 'OnnxGraph', 'weights_digest',
+           'export_onnx', 'onnx_card_path', 'get_args_parser', 'main']
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ ONNX_FORMAT = 'flow2seg-onnx/1'
 INPUTS = ('image', 'flow')
 #: Graph outputs (an image-only model has no ``flow_logits``).
 OUTPUTS = ('fused_logits', 'image_logits', 'flow_logits')
+#: ONNX operator set written by default.
+DEFAULT_OPSET = 18
 
 PathLike = Union[str, os.PathLike]
 
@@ -99,7 +101,8 @@ def onnx_card_path(path: PathLike) -> Path:
 
 def export_onnx(model: nn.Module, card: dict[str, Any], path: PathLike, *,
                 input_size: Optional[Sequence[int]] = None, batch: int = 1,
-                dynamic_batch: bool = False, digest: Optional[str] = None) -> dict[str, Any]:
+                dynamic_batch: bool = False, digest: Optional[str] = None,
+                opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write ``path`` (.onnx) and its JSON card beside it; return the card.
 
     The file is written to a temporary name in the same folder and renamed, so a reader never
@@ -112,6 +115,8 @@ def export_onnx(model: nn.Module, card: dict[str, Any], path: PathLike, *,
         batch: the batch size N of a fixed-batch graph (and of the example input).
         dynamic_batch: make N dynamic (1..64) instead of fixed.
         digest: :func:`weights_digest` of the model, if already known.
+        opset: ONNX operator set, >= 18 (the dynamo exporter's oldest; 18 is what TensorRT 10
+            parses and ONNX Runtime runs).
 
     Raises:
         ValueError: a bad size or batch.
@@ -126,6 +131,8 @@ def export_onnx(model: nn.Module, card: dict[str, Any], path: PathLike, *,
                          f'got {w}x{h} (WxH)')
     if batch < 1:
         raise ValueError(f'batch must be >= 1, got {batch}')
+    if opset < 18:
+        raise ValueError(f'opset must be >= 18 (the oldest the exporter writes), got {opset}')
     path = Path(path)
     if path.suffix != '.onnx':
         raise ValueError(f'the output must end in .onnx, got {path}')
@@ -152,7 +159,7 @@ def export_onnx(model: nn.Module, card: dict[str, Any], path: PathLike, *,
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')
             program = torch.onnx.export(graph, inputs, dynamo=True, input_names=input_names,
-                                        output_names=output_names,
+                                        output_names=output_names, opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, verbose=False)
             program.save(tmp, external_data=False)
         with torch.no_grad():
@@ -170,6 +177,7 @@ def export_onnx(model: nn.Module, card: dict[str, Any], path: PathLike, *,
                        for name in input_names},
             'outputs': out_shapes,
             'weights_sha256': digest,
+            'opset': opset,
             'exporter': f'torch {torch.__version__} (dynamo)',
         }
         card_tmp = Path(tmp).with_suffix('.json.tmp')
@@ -200,6 +208,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='fixed batch size (one slot per camera)')
     group.add_argument('--dynamic-batch', action='store_true',
                        help='a dynamic batch dimension instead of a fixed one')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help='ONNX operator set (>= 18)')
     parser.add_argument('--out', default=None,
                         help='output .onnx (the card goes beside it as .json); default: '
                              'flow2seg_<preset>_<W>x<H>.onnx here')
@@ -219,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ValueError('the model card gives no input size: pass --size WxH')
         out = Path(args.out or f'flow2seg_{card.get("preset", "model")}_{size[1]}x{size[0]}.onnx')
         written = export_onnx(model, card, out, input_size=size, batch=args.batch,
-                              dynamic_batch=args.dynamic_batch)
+                              dynamic_batch=args.dynamic_batch, opset=args.opset)
         info = written['onnx']
         print(f'wrote {out} and {onnx_card_path(out)}: input {size[1]}x{size[0]}, batch '
               f'{info["batch"]}, inputs {", ".join(info["inputs"])}, outputs '

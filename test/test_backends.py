@@ -95,6 +95,9 @@ def test_export_writes_onnx_and_card_that_load_and_match(tmp_path):
     info = on_disk['onnx']
     assert info['inputs'] == {'image': [2, 3, 32, 64], 'flow': [2, 2, 32, 64]}
     assert info['outputs']['fused_logits'] == [2, 4, 4, 8]
+    import onnx
+
+    assert info['opset'] == 18 and onnx.load(str(out)).opset_import[0].version == 18
 
     import onnxruntime as ort
 
@@ -126,6 +129,9 @@ def test_export_command_writes_the_file_and_an_image_only_model_exports(tmp_path
     assert export_main(['--weights', str(weights), '--size', '60x32', '--out',
                         str(tmp_path / 'x.onnx')]) == 2
     assert 'multiples of 8' in capsys.readouterr().err
+    assert export_main(['--weights', str(weights), '--opset', '17', '--out',
+                        str(tmp_path / 'x.onnx')]) == 2
+    assert 'opset must be >= 18' in capsys.readouterr().err
 
     from flow2seg_ros.models import build_model
 
