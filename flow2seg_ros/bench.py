@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from dataclasses import replace
 import json
 import os
 from pathlib import Path
@@ -254,7 +255,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                  device: torch.device, precision: str = 'fp32', encoding: str = 'bgr8',
                  publisher: Optional[_Publisher] = None, budget_s: float = 120.0,
                  channels_last: bool = False, backend: str = 'auto', overlap_flow: bool = True,
-                 peers: bool = False) -> dict[str, Any]:
+                 peers: bool = False, compare_overlap: bool = False) -> dict[str, Any]:
     """Time one preset at one network input size and one camera frame size.
 
     Args:
@@ -273,6 +274,8 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         backend: the pipelines' network runner (``auto``, ``torch``, ``onnxruntime``).
         overlap_flow: the pipelines' ``overlap_flow`` (flow in a second thread on the CPU).
         peers: also time torchvision's segmenters (:mod:`flow2seg_ros.peers`) per frame.
+        compare_overlap: also run the fused pipeline with ``overlap_flow`` the other way round
+            (``sequential``/``overlapped_stages_ms``, ratio ``overlap_speedup``).
 
     Returns:
         A dict with the configuration, medians per stage for both pipelines, per-path times,
@@ -291,6 +294,10 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
             net = net.to(memory_format=torch.channels_last)
         pipe = FramePipeline(config, model=net, card=net_card)
         pipes[name] = pipe
+    other = 'sequential' if overlap_flow else 'overlapped'
+    if compare_overlap:
+        pipes[other] = FramePipeline(replace(config, overlap_flow=not overlap_flow),
+                                     model=pipes['fused'].model, card=card)
     image_type = _message_type()
     frames = scene_frames(iterations + 1, camera)
     amp_dtype = pipes['fused'].amp_dtype
@@ -302,8 +309,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
 
-    stages: dict[str, dict[str, list[float]]] = {'fused': defaultdict(list),
-                                                 'image_only': defaultdict(list)}
+    stages: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in pipes}
     paths: dict[str, list[float]] = defaultdict(list)
     micro: dict[str, list[float]] = defaultdict(list)
     peer_ms: dict[str, list[float]] = defaultdict(list)
@@ -383,6 +389,11 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         'node_overhead': totals['fused']['node_added_ms'] / (totals['fused']['pipeline_ms']
                                                              + totals['fused']['outputs_ms']),
         # (flow path + fusion) / image path, per frame then median
+        # pipeline without overlap / with it (whole process() totals), per frame then median
+        'overlap_speedup': _median([a / b for a, b in zip(
+            *(stages[k]['total'] for k in (('sequential', 'fused') if overlap_flow else
+                                           ('fused', 'overlapped'))))])
+        if compare_overlap else float('nan'),
         'flow_fusion_over_image_path': _median(
             [(a + b) / c for a, b, c in zip(paths['flow_path'], paths['fusion'],
                                             paths['image_path']) if c > 0]),
@@ -397,6 +408,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         'iterations': timed,
         'stages_ms': med['fused'],
         'image_only_stages_ms': med['image_only'],
+        f'{other}_stages_ms': med.get(other, {}),
         'paths_ms': path_med,
         'postprocess_ms': {k: _median(v) for k, v in micro.items()},
         'totals': totals,
@@ -443,7 +455,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         iterations=args.iterations, device=device, precision=args.precision,
                         encoding=args.encoding, publisher=publisher, budget_s=args.budget_s,
                         channels_last=args.channels_last, backend=args.backend,
-                        overlap_flow=not args.no_overlap_flow, peers=args.peers)
+                        overlap_flow=not args.no_overlap_flow, peers=args.peers,
+                        compare_overlap=args.compare_overlap)
                     report['configs'].append(result)
                     if args.verbose:
                         print(_row(result), flush=True)
@@ -519,6 +532,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
     parser.add_argument('--no-overlap-flow', action='store_true',
                         help='compute the flow before the network instead of beside it')
+    parser.add_argument('--compare-overlap', action='store_true',
+                        help='also run the fused pipeline with the flow overlap the other way '
+                             'round, in the same loop (ratio overlap_speedup)')
     parser.add_argument('--peers', action='store_true',
                         help="also time torchvision's LRASPP and DeepLabV3 MobileNetV3-Large "
                              '(random weights, eager, network alone) in the same loop')

@@ -139,7 +139,11 @@ def test_peers_and_backend_are_timed_in_the_same_loop(tmp_path, tiny_model_file,
         assert config['peers_ms'][name] > 0
         assert math.isfinite(config['peers_over_pipeline'][name])
     assert 'peer lraspp_mobilenet_v3_large' in capsys.readouterr().out
-    report = _run(tmp_path, tiny_model_file, '--backend', 'onnxruntime', '--threads', '2')
+    report = _run(tmp_path, tiny_model_file, '--backend', 'onnxruntime', '--threads', '2',
+                  '--compare-overlap')
     (config,) = report['configs']
     assert config['backend'] == 'onnxruntime' and config['peers_ms'] == {}
     assert config['stages_ms']['flow_thread'] > 0  # the flow ran beside the image path
+    assert 'flow_thread' not in config['sequential_stages_ms']
+    assert config['sequential_stages_ms']['flow'] > 0
+    assert math.isfinite(config['ratios']['overlap_speedup'])
