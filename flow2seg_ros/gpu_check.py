@@ -194,7 +194,8 @@ def _output_messages(result: Any, header: Any, image_type: Any) -> list[Any]:
 def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
                 network: tuple[int, int], camera: tuple[int, int], precision: str,
                 graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
-                estimator: Any = None, device_path_on_cpu: bool = False) -> dict[str, Any]:
+                estimator: Any = None, device_path_on_cpu: bool = False,
+                device_resident: bool = True) -> dict[str, Any]:
     """Frames through what the node does, per stage; medians over the frames after ``warmup``.
 
     Args:
@@ -211,9 +212,11 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         estimator: flow estimator (None: the model card's).
         device_path_on_cpu: on the CPU, run the device path's code (eagerly) instead of the
             CPU path: the harness checked end to end without a GPU.
+        device_resident: False times the CUDA baseline that resizes and draws on the host.
     """
     config = PipelineConfig(device=str(device), precision=precision,
-                            input_size=(network[1], network[0]), cuda_graphs=graphs)
+                            input_size=(network[1], network[0]), cuda_graphs=graphs,
+                            device_resident=device_resident)
     pipe = FramePipeline(config, model=model, card=card, flow_estimator=estimator)
     if device_path_on_cpu and device.type == 'cpu':
         pipe.cpu_path = None  # the pipeline as on CUDA
@@ -247,6 +250,8 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         'preset': preset, 'network': list(network), 'camera': list(camera),
         'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
         'device_path': pipe.device_path is not None,
+        'path': ('device' if pipe.device_path is not None else
+                 'host' if device.type == 'cuda' else 'cpu'),
         'flow': type(pipe.flow_estimator).__name__ if pipe.flow_estimator else None,
         'frames_timed': len(stages.get('frame', [])), 'median_ms': med,
         'process_fps': 1e3 / med['process'] if med.get('process') else float('nan'),
@@ -370,10 +375,16 @@ _HEADER = (f"{'preset':<6}{'network':>10}{'camera':>10}{'prec':>6}{'graph':>6}{'
            f"{'capt':>6}")
 
 
+def _mode(c: dict[str, Any]) -> str:
+    if not c.get('device_path'):
+        return c.get('path', '-')  # 'host': CUDA network, resize and pictures on the host
+    return 'on' if c['graphs'] else 'off'
+
+
 def _row(c: dict[str, Any]) -> str:
     m = c['median_ms']
     return (f"{c['preset']:<6}{_size(c['network']):>10}{_size(c['camera']):>10}"
-            f"{c['precision']:>6}{'on' if c['graphs'] else 'off':>6}{c['frames_timed']:>4}"
+            f"{c['precision']:>6}{_mode(c):>6}{c['frames_timed']:>4}"
             f"{m.get('frame', float('nan')):>8.2f}{c['frame_fps']:>7.0f}"
             f"{m.get('process', float('nan')):>9.2f}"
             f"{m.get('pipeline.network', float('nan')):>9.2f}"
@@ -389,9 +400,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"gpu-check on {env.get('gpu') or env['cpu_model']} ({env['device']}), torch "
              f"{env['torch']}, flow: {report.get('flow')}", _HEADER]
     lines += [_row(c) for c in report['configs']]
-    lines.append('ms medians; frame = message in -> 3 messages out; process = FramePipeline.'
-                 'process (upload -> published outputs on the host); node% = message '
-                 'conversion + building / frame; capt = CUDA graphs captured')
+    lines.append('ms medians; graph: on/off = device path with/without CUDA graphs, host = '
+                 'network on CUDA with resize and pictures on the host, cpu = CPU path; frame = '
+                 'message in -> 3 messages out; process = FramePipeline.process (upload -> '
+                 'published outputs on the host); node% = message conversion + building / '
+                 'frame; capt = CUDA graphs captured')
     comp = report.get('compile')
     if comp:
         if 'compiled_ms' in comp:
@@ -439,8 +452,8 @@ def _cpu_reduced(args: argparse.Namespace, report: dict[str, Any]) -> None:
     device = torch.device('cpu')
     model, card = load_model(None)
     frames = scene_frames(args.warmup + 2, (1280, 720))
-    for precision, graphs, on_device_path in (('fp32', False, False), ('fp32', True, True),
-                                              ('bf16', True, True)):
+    for precision, graphs, on_device_path in (('fp32', False, False), ('fp32', False, True),
+                                              ('bf16', False, True)):
         report['configs'].append(time_config(
             model, card, preset='lite', network=(512, 256), camera=(1280, 720),
             precision=precision, graphs=graphs, device=device, frames=frames,
@@ -467,10 +480,15 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
     started = time.perf_counter()
     n = args.warmup + args.frames
     frames = {cam: scene_frames(n, cam) for cam in CAMERAS}
-    # graphs on first: if the budget runs out, what goes is the eager comparison
-    matrix = itertools.product((True, False), ('lite', 'paper'), NETWORKS, CAMERAS, PRECISIONS)
-    for graphs, preset, network, camera, precision in matrix:
-        what = f'{preset} {_size(network)} {_size(camera)} {precision} graphs={graphs}'
+    # graphs on first, then the host baseline (fp32), then eager: if the budget runs out, what
+    # goes is the eager comparison
+    sizes = list(itertools.product(('lite', 'paper'), NETWORKS, CAMERAS))
+    matrix = [('graphs',) + s + (p,) for s in sizes for p in PRECISIONS] + \
+        [('host',) + s + ('fp32',) for s in sizes] + \
+        [('eager',) + s + (p,) for s in sizes for p in PRECISIONS]
+    for mode, preset, network, camera, precision in matrix:
+        graphs = mode == 'graphs'
+        what = f'{preset} {_size(network)} {_size(camera)} {precision} {mode}'
         if time.perf_counter() - started > args.budget_s:
             report['notes'].append(f'time budget ({args.budget_s:.0f} s) spent: skipped {what} '
                                    'and the configurations after it')
@@ -479,7 +497,8 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
         try:
             row = time_config(model, card, preset=preset, network=network, camera=camera,
                               precision=precision, graphs=graphs, device=device,
-                              frames=frames[camera], warmup=args.warmup, estimator=estimator)
+                              frames=frames[camera], warmup=args.warmup, estimator=estimator,
+                              device_resident=mode != 'host')
         except Exception as exc:  # report it and go on with the others
             ok = False
             report['errors'].append(f'{what}: {type(exc).__name__}: {exc}'[:500])

@@ -81,6 +81,9 @@ class PipelineConfig:
         threads: torch CPU threads (0 = leave torch's default).
         cuda_graphs: on CUDA, replay the fixed-shape stages of a frame as CUDA graphs (captured
             at the first frame of a size); False runs them eagerly.
+        device_resident: on CUDA, keep each frame on the device from upload to outputs (the
+            device path); False resizes and draws on the host around the network (the CPU
+            path's pictures), a baseline for comparison.
         backend: who runs the network on the CPU: ``onnxruntime``, ``torch``, or ``auto`` (the
             one measured faster on the device: ONNX Runtime on the CPU, torch on CUDA).
         onnx: for ONNX Runtime, a ``flow2seg-export`` file of these weights at the input size;
@@ -101,6 +104,7 @@ class PipelineConfig:
     max_gap_s: float = 0.5
     threads: int = 0
     cuda_graphs: bool = True
+    device_resident: bool = True
     backend: str = 'auto'
     onnx: Optional[str] = None
     overlap_flow: bool = True
@@ -269,7 +273,7 @@ class FramePipeline:
         self.device_path: Optional[DevicePath] = None
         self._prev_device: Optional[torch.Tensor] = None  # last frame's network-size tensor
         self.normalization = (tuple(mean), tuple(std))
-        if self.device.type == 'cuda':
+        if self.device.type == 'cuda' and config.device_resident:
             self.device_path = DevicePath.for_pipeline(self)
         # --- end device path ---
         self.frames = 0
