@@ -1,6 +1,7 @@
 """Frames of several cameras waiting for one worker: latest-wins slots, round robin, batches.
 
 No ROS here (the node hands in headers as opaque ``meta``), so the scheduling is tested alone.
+:func:`run_batch` runs a taken batch through the cameras' pipelines (one network call).
 
 * Each camera has one slot. A new frame replaces a frame still waiting there (counted as
   dropped: the newest frame wins) and is paired with the frame *received* just before it, so
@@ -23,11 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 import threading
 import time
-from typing import Any, Callable, Hashable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['CameraSlot', 'CameraStats', 'FrameScheduler', 'PendingFrame']
+__all__ = ['CameraSlot', 'CameraStats', 'FrameScheduler', 'PendingFrame', 'run_batch']
 
 #: A camera counts as streaming (worth waiting for) when its last frame came this recently.
 STREAMING_WINDOW_S = 1.0
@@ -256,3 +257,55 @@ class FrameScheduler:
                     return False
                 self._cond.wait(left)
         return True
+
+
+Outcome = tuple[PendingFrame, Any, Optional[Exception]]
+
+
+def run_batch(batch: Sequence[PendingFrame], pipelines: Mapping[str, Any],
+              outputs: Mapping[str, Iterable[str]]) -> list[Outcome]:
+    """Segment a batch taken from :meth:`FrameScheduler.take`.
+
+    One frame goes through its camera's ``pipeline.process``; several are prepared on their own
+    cameras' pipelines (each camera's previous frame and resets), run through the network in
+    one ``infer`` call (the pipelines share one model) and finished on their own pipelines.
+
+    Args:
+        batch: the frames, at most one per camera.
+        pipelines: camera name -> its :class:`~flow2seg_ros.pipeline.FramePipeline`.
+        outputs: camera name -> the pictures wanted for it (labels are always made).
+
+    Returns:
+        Per frame, in batch order, ``(frame, FrameResult or None, exception or None)``: a frame
+        that fails does not stop the others (unless the network call itself fails).
+    """
+    if len(batch) == 1:
+        frame = batch[0]
+        try:
+            return [(frame, pipelines[frame.camera].process(
+                frame.rgb, frame.stamp, outputs=tuple(outputs[frame.camera]), prev=frame.prev),
+                None)]
+        except Exception as exc:  # reported per frame; the caller goes on
+            return [(frame, None, exc)]
+    done: list[Outcome] = []
+    prepared = []
+    for frame in batch:
+        try:
+            prepared.append((frame, pipelines[frame.camera].prepare(
+                frame.rgb, frame.stamp, prev=frame.prev)))
+        except Exception as exc:
+            done.append((frame, None, exc))
+    if prepared:
+        try:  # one network call for the frames of every camera in the batch
+            outs = pipelines[prepared[0][0].camera].infer([p for _, p in prepared])
+        except Exception as exc:
+            done.extend((frame, None, exc) for frame, _ in prepared)
+            outs = []
+        for (frame, prep), out in zip(prepared, outs):
+            try:
+                done.append((frame, pipelines[frame.camera].finish(
+                    prep, out, outputs=tuple(outputs[frame.camera])), None))
+            except Exception as exc:
+                done.append((frame, None, exc))
+    order = {id(f): i for i, f in enumerate(batch)}
+    return sorted(done, key=lambda item: order[id(item[0])])

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from flow2seg_ros.node import run_node, SegmentationNodeMixin
+from flow2seg_ros.node import run_node
+from flow2seg_ros.node_base import SegmentationNodeMixin
 from flow2seg_ros.node_params import NODE_NAME, NodeConfigError
 
 __all__ = ['Flow2SegLifecycleNode', 'main']

@@ -148,3 +148,40 @@ def test_bad_arguments():
         FrameScheduler(['a', 'a'])
     with pytest.raises(ValueError, match='>= 0'):
         FrameScheduler(['a'], batch_wait_s=-1.0)
+
+
+def test_run_batch_equals_one_frame_at_a_time_and_isolates_failures(tiny_model):
+    from flow2seg_ros.cameras import run_batch
+    from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+
+    model, card = tiny_model
+
+    def pipelines():
+        return {c: FramePipeline(PipelineConfig(device='cpu'), model=model, card=card)
+                for c in 'ab'}
+
+    batched, alone = pipelines(), pipelines()
+    rng = np.random.default_rng(3)
+    s = FrameScheduler(['a', 'b'])
+    for k in range(3):
+        frames = {'a': rng.integers(0, 256, (48, 64, 3), np.uint8),
+                  'b': rng.integers(0, 256, (40, 72, 3), np.uint8)}
+        for c, rgb in frames.items():
+            s.put(c, rgb, 1.0 + 0.05 * k)
+        batch = s.take(timeout=1.0)
+        assert [f.camera for f in batch] == ['a', 'b']
+        outcomes = run_batch(batch, batched, {'a': ('color_mask',), 'b': ()})
+        s.done(batch)
+        for (frame, result, error), c in zip(outcomes, 'ab'):
+            assert frame.camera == c and error is None
+            ref = alone[c].process(frames[c], frame.stamp, outputs=())
+            np.testing.assert_array_equal(result.labels, ref.labels)
+            assert result.reset_reason == ref.reset_reason == ('first' if k == 0 else None)
+            assert (result.color_mask is not None) == (c == 'a')
+    s.put('a', np.zeros((4, 4), np.uint8), 2.0)  # not an RGB frame
+    s.put('b', rng.integers(0, 256, (40, 72, 3), np.uint8), 1.2)
+    batch = s.take(timeout=1.0)
+    (a, result_a, error_a), (b, result_b, error_b) = run_batch(batch, batched,
+                                                               {'a': (), 'b': ()})
+    assert result_a is None and 'RGB' in str(error_a)
+    assert error_b is None and result_b.labels.shape == (40, 72)
