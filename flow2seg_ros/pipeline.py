@@ -161,7 +161,8 @@ class PreparedFrame:
 
     Attributes:
         pipeline: the FramePipeline that prepared it (its stream, flow estimator and counters).
-        rgb: the frame as received, (H, W, 3) uint8 RGB.
+        rgb: the frame as received, (H, W, 3) uint8 RGB (BGR when prepared with ``bgr=True``
+            on the device path, which swaps the channels on the device).
         small: the frame at the network's input size.
         stamp: its time in seconds.
         reset_reason: None, ``first``, ``size``, ``backwards`` or ``gap`` (see FrameResult).
@@ -229,7 +230,6 @@ class FramePipeline:
         if config.precision != 'fp32' and self.amp_dtype is None:
             log.warning('precision %s needs CUDA; running fp32 on %s', config.precision,
                         self.device)
-        # --- end device path ---
         if model is None:
             model, card = load_model(config.weights, device=str(self.device))
         elif card is None:
@@ -275,7 +275,6 @@ class FramePipeline:
         self.normalization = (tuple(mean), tuple(std))
         if self.device.type == 'cuda' and config.device_resident:
             self.device_path = DevicePath.for_pipeline(self)
-        # --- end device path ---
         self.frames = 0
         self.resets = 0
 
@@ -334,7 +333,8 @@ class FramePipeline:
         return outputs, heads
 
     def prepare(self, rgb: np.ndarray, stamp: float, *,
-                prev: Optional[tuple[np.ndarray, float]] = None) -> PreparedFrame:
+                prev: Optional[tuple[np.ndarray, float]] = None,
+                bgr: bool = False) -> PreparedFrame:
         """Step 1: check the frame, resize it to the network's size, decide on a flow reset.
 
         The stream moves on to this frame: the next frame prepared here takes its flow against
@@ -346,12 +346,19 @@ class FramePipeline:
             prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
                 from the last frame prepared (a node that dropped frames); None = the last
                 prepared frame.
+            bgr: the frames are blue, green, red (a ``bgr8`` camera): swapped on the device
+                on CUDA (no host conversion), by OpenCV on the CPU.
         """
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
                 or rgb.dtype != np.uint8:
             shape = getattr(rgb, 'shape', type(rgb))
             raise ValueError(f'frame must be (H, W, 3) uint8 RGB, got {shape} '
                              f'{getattr(rgb, "dtype", "")}')
+        if bgr:  # device path (issue 11): a bgr8 frame goes up as it is
+            if self.device_path is None:
+                rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+            if prev is not None:
+                prev = (cv2.cvtColor(prev[0], cv2.COLOR_BGR2RGB), prev[1])
         frame = PreparedFrame(self, rgb, rgb, float(stamp), None)
         timer = _Timer(self.device.type == 'cuda', frame.timings)
         size = frame.size
@@ -369,7 +376,7 @@ class FramePipeline:
             self.resets += 1
             log.info('flow state reset (%s) at stamp %.3f', reason, frame.stamp)
         if self.device_path is not None:  # device path: resized on the device
-            frame.device = self.device_path.prepare(rgb)
+            frame.device = self.device_path.prepare(rgb, bgr=bgr)
             frame.small = self.device_path.small_host(frame.device)
         else:
             frame.small = self._small(rgb)
@@ -540,24 +547,22 @@ class FramePipeline:
     def _finish_on_device(self, frame: PreparedFrame, out: dict[str, torch.Tensor],
                           outputs: set[str], heads: tuple[str, ...],
                           timer: _Timer) -> FrameResult:
-        """Device path of :meth:`finish`: argmax, resizes, pictures on the device, one copy
-        back (stages ``argmax`` and ``resize_back``, the latter holding colour and overlay)."""
-        got = frame.pipeline.device_path.finish(frame.device, out, frame.flow, outputs=outputs,
-                                                heads=heads, lap=timer.lap)
-        result = FrameResult(labels=got['labels'], stamp=frame.stamp, flow=got['flow'],
-                             reset_reason=frame.reset_reason, confidence=got['confidence'],
-                             color_mask=got['color_mask'], overlay=got['overlay'],
-                             flow_rgb=got['flow_rgb'], head_labels=got['head_labels'])
+        """Device path of :meth:`finish`, one copy back (stages ``argmax``; ``resize_back``
+        holding colour and overlay)."""
+        result = FrameResult(stamp=frame.stamp, reset_reason=frame.reset_reason,
+                             **frame.pipeline.device_path.finish(
+                                 frame.device, out, frame.flow, outputs=outputs, heads=heads,
+                                 lap=timer.lap))
         self.frames += 1
-        result.timings = dict(frame.timings)
-        result.timings['total'] = sum(v for k, v in frame.timings.items()
-                                      if k not in CONCURRENT_STAGES)
+        result.timings = dict(frame.timings, total=sum(
+            v for k, v in frame.timings.items() if k not in CONCURRENT_STAGES))
         return result
 
     def process(self, rgb: np.ndarray, stamp: float, *,
                 outputs: Iterable[str] = ('color_mask', 'overlay'),
                 heads: Iterable[str] = ('fused',),
-                prev: Optional[tuple[np.ndarray, float]] = None) -> FrameResult:
+                prev: Optional[tuple[np.ndarray, float]] = None,
+                bgr: bool = False) -> FrameResult:
         """Segment one frame: :meth:`prepare`, :meth:`infer` and :meth:`finish`.
 
         Args:
@@ -569,12 +574,13 @@ class FramePipeline:
             prev: ``(rgb, stamp)`` of the frame received just before this one when it differs
                 from the last frame processed (a node that dropped frames); None = the last
                 processed frame.
+            bgr: the frames are blue, green, red (see :meth:`prepare`).
 
         Returns:
             FrameResult; ``labels`` are the fused head's, at the input's size.
         """
         outputs, heads = self._check_outputs_heads(outputs, heads)
-        frame = self.prepare(rgb, stamp, prev=prev)
+        frame = self.prepare(rgb, stamp, prev=prev, bgr=bgr)
         out = self.infer([frame], heads=heads)[0]
         return self.finish(frame, out, outputs=outputs, heads=heads)
 

@@ -89,6 +89,19 @@ def test_bgr_frames_are_swapped_on_the_device():
     assert torch.equal(a[0, 0], torch.from_numpy(rgb[..., 0]).float())
 
 
+def test_bgr_frames_give_the_rgb_results_on_both_paths():
+    frames = scene(3, 150, 260)
+    outputs = ('color_mask', 'overlay', 'flow_rgb')
+    for make in (tiny_pipeline, lambda: with_device_path(tiny_pipeline())):
+        rgb_pipe, bgr_pipe = make(), make()
+        for i, f in enumerate(frames):
+            a = rgb_pipe.process(f, 0.05 * i, outputs=outputs)
+            b = bgr_pipe.process(np.ascontiguousarray(f[..., ::-1]), 0.05 * i,
+                                 outputs=outputs, bgr=True)
+            for name in ('labels', 'color_mask', 'overlay', 'flow_rgb'):
+                np.testing.assert_array_equal(getattr(b, name), getattr(a, name), name)
+
+
 def test_normalise_matches_the_pipeline_input():
     pipe = tiny_pipeline()
     small = scene(1, *NET)[0]
