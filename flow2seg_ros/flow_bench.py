@@ -5,6 +5,7 @@ Usage::
     flow2seg-flow-bench --data data/synthetic --split flowtest [--json runs/flow_bench.json]
         [--methods dis/ultrafast,dis/fast,dis/medium,farneback,learned] [--device cpu]
         [--learned-weights FILE] [--raft-weights FILE] [--threads N] [--max-pairs N]
+        [--pipeline bundled|MODEL.safetensors [--pipeline-methods dis/medium,learned]]
 
 For each method on the same pairs in one run: average end-point error (EPE, px) and KITTI's
 outlier rate Fl (EPE > 3 px and > 5 % of the true magnitude, in %) on all valid pixels, on
@@ -13,6 +14,11 @@ time of one estimator call per pair (median and p90, ms) on the device used. The
 turn on each pair, so background load hits them alike. Frames are scored at their own size (the
 generator's 512x256 is the node's network size). RAFT runs only when ``--raft-weights`` is given
 (nothing downloads). Prints a table and writes JSON.
+
+``--pipeline`` also times the node's whole frame pipeline (:class:`flow2seg_ros.pipeline.
+FramePipeline`, the given model) on the same frames with each of ``--pipeline-methods`` as its
+flow, in turn per frame: milliseconds per frame (the second frame of each pair; the first one
+primes the previous frame) and frames per second from the median.
 """
 from __future__ import annotations
 
@@ -35,10 +41,12 @@ from flow2seg_ros.data.flow_pairs import FlowPairs
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator
 from flow2seg_ros.flow.errors import FlowErrors, REGIONS
+from flow2seg_ros.flow.learned import BUNDLED_FLOW_WEIGHTS
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.stats import percentiles
 
 __all__ = ['DEFAULT_METHODS', 'format_table', 'get_args_parser', 'main', 'parse_methods',
-           'run_benchmark']
+           'run_benchmark', 'time_pipelines']
 
 DEFAULT_METHODS = ('dis/ultrafast', 'dis/fast', 'dis/medium', 'farneback', 'learned')
 _WARMUP_CALLS = 3
@@ -152,6 +160,58 @@ def run_benchmark(data: str | Path, split: str, methods: Sequence[tuple[str, str
     }
 
 
+def time_pipelines(data: str | Path, split: str, methods: Sequence[tuple[str, str]], *,
+                   weights: Optional[str] = None, device: str = 'cpu',
+                   learned_weights: Optional[str] = None, max_pairs: int = 0
+                   ) -> dict[str, Any]:
+    """Time the node's frame pipeline with each flow method on the split's pairs.
+
+    Args:
+        data: dataset root.
+        split: split with frame pairs.
+        methods: (method, preset) flow of each pipeline.
+        weights: the model (None = the bundled one).
+        device: the pipelines' device.
+        learned_weights: weights of a ``learned`` flow (None = the preset's/bundled).
+        max_pairs: pairs to use (0 = all).
+
+    Returns:
+        ``{label: {'time_ms': percentiles, 'fps_p50': ...}}`` plus the model's card flow.
+    """
+    pairs = FlowPairs(data, split)
+    pipes = {}
+    for method, preset in methods:
+        fw = learned_weights if method == 'learned' else None
+        # An empty preset would fall back to the card's (another method's) preset.
+        explicit = preset or (BUNDLED_FLOW_WEIGHTS if method == 'learned' else preset)
+        pipes[_label(method, preset)] = FramePipeline(PipelineConfig(
+            weights=weights, device=device, flow_method=method, flow_preset=explicit,
+            flow_weights=fw))
+    count = len(pairs) if max_pairs <= 0 else min(max_pairs, len(pairs))
+    times: dict[str, list[float]] = {k: [] for k in pipes}
+    for n, i in enumerate(np.linspace(0, len(pairs) - 1, count).round().astype(int)):
+        s = pairs[int(i)]
+        names = list(pipes)
+        shift = n % len(names)
+        for name in names[shift:] + names[:shift]:
+            pipe = pipes[name]
+            pipe.reset()
+            pipe.process(s['prev'], 10.0 * n)
+            t0 = time.perf_counter()
+            res = pipe.process(s['cur'], 10.0 * n + 0.05)
+            ms = 1000.0 * (time.perf_counter() - t0)
+            if res.reset_reason is not None:
+                raise RuntimeError(f'pipeline {name} reset at a second frame: {res.reset_reason}')
+            if n > 0:  # the first pair warms up (ONNX export, allocations)
+                times[name].append(ms)
+    out: dict[str, Any] = {'weights': weights or 'bundled', 'device': device, 'frames': {}}
+    for name, ts in times.items():
+        pct = percentiles(ts)
+        out['frames'][name] = {'time_ms': pct, 'fps_p50': round(1000.0 / pct['p50'], 2)
+                               if pct['p50'] else None}
+    return out
+
+
 def _fmt(v: Any, spec: str) -> str:
     return '-' if v is None else format(v, spec)
 
@@ -190,6 +250,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='torch and OpenCV threads (0 = their defaults)')
     p.add_argument('--max-pairs', type=int, default=0, help='pairs to use (0 = all)')
     p.add_argument('--json', default=None, help='write the report here')
+    p.add_argument('--pipeline', default=None,
+                   help="also time the frame pipeline of this model ('bundled' or a file)")
+    p.add_argument('--pipeline-methods', default='dis/medium,learned',
+                   help='flow methods of the timed pipelines')
     return p
 
 
@@ -207,6 +271,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report['command'] = ' '.join(['flow2seg-flow-bench', *(
             sys.argv[1:] if argv is None else argv)])
         print(format_table(report))
+        if args.pipeline:
+            report['pipeline'] = time_pipelines(
+                args.data, args.split, parse_methods(args.pipeline_methods),
+                weights=None if args.pipeline == 'bundled' else args.pipeline,
+                device=args.device, learned_weights=args.learned_weights,
+                max_pairs=args.max_pairs)
+            for name, row in report['pipeline']['frames'].items():
+                print(f"pipeline ({report['pipeline']['weights']}) with {name:<14} "
+                      f"{row['time_ms']['p50']:.2f} ms/frame p50 ({row['fps_p50']} fps), "
+                      f"p90 {row['time_ms']['p90']:.2f} ms")
         if args.json:
             path = Path(args.json)
             path.parent.mkdir(parents=True, exist_ok=True)

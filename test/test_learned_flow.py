@@ -108,7 +108,7 @@ def test_correlation_forms_agree() -> None:
                                    correlation_shifted(f1, f2, radius))
     # displacement (dy, dx) = (0, 1) of radius 1 is channel 5: f1(x) . f2(x + (1, 0))
     corr = correlation_shifted(f1, f2, 1)
-    torch.testing.assert_close(corr[:, 5, :, :-1], (f1[..., :-1] * f2[..., 1:]).mean(1))
+    torch.testing.assert_close(corr[:, 5, :, :-1], (f1[..., :-1] * f2[..., 1:]).sum(1))
 
 
 @pytest.mark.cuda

@@ -93,7 +93,7 @@ def warp(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
-    """Local correlation: channel-mean products of f1(x) and f2(x + d), |d| <= radius.
+    """Local correlation: channel sums of products of f1(x) and f2(x + d), |d| <= radius.
 
     Two tensor-op forms of one sum, picked by device: on a GPU one ``unfold`` and a product
     (three kernels whatever the radius); on a CPU one shifted product per displacement, which
@@ -117,7 +117,7 @@ def correlation_unfold(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch
     n, c, h, w = f1.shape
     k = 2 * radius + 1
     patches = F.unfold(f2, kernel_size=k, padding=radius).view(n, c, k * k, h, w)
-    return (patches * f1.unsqueeze(2)).mean(dim=1)
+    return (patches * f1.unsqueeze(2)).sum(dim=1)
 
 
 def correlation_shifted(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -125,7 +125,7 @@ def correlation_shifted(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torc
     h, w = f1.shape[-2:]
     k = 2 * radius + 1
     padded = F.pad(f2, (radius, radius, radius, radius))
-    return torch.stack([(f1 * padded[:, :, dy:dy + h, dx:dx + w]).mean(dim=1)
+    return torch.stack([(f1 * padded[:, :, dy:dy + h, dx:dx + w]).sum(dim=1)
                         for dy in range(k) for dx in range(k)], dim=1)
 
 
@@ -194,6 +194,13 @@ class FlowLiteNet(nn.Module):
             self.refine = nn.Sequential(_conv(widths[0] + 2, refine_width),
                                         nn.Conv2d(refine_width, 2, 3, padding=1))
 
+        # Every flow output starts at zero: the first estimate is "no motion", not noise that
+        # the coarse-to-fine upsampling would multiply.
+        for head in [e['flow'] for e in self.estimators] + [
+                m[-1] for m in (self.context, self.refine) if m is not None]:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
     @property
     def prediction_strides(self) -> list[int]:
         """The grid stride (input pixels) of each item of :meth:`predictions`."""
@@ -240,15 +247,19 @@ class FlowLiteNet(nn.Module):
         hidden: Optional[torch.Tensor] = None
         for j, (est, r) in enumerate(zip(self.estimators, self.radii)):
             feats = pyramid[self.levels - 1 - j]
-            f_cur, f_prev = feats[:n], feats[n:]
+            f_cur = feats[:n]
+            # Unit-length features: the correlation is a cosine similarity in [-1, 1], a strong
+            # signal from the first step and insensitive to contrast.
+            unit = feats * torch.rsqrt((feats * feats).sum(dim=1, keepdim=True) + 1e-6)
+            u_cur, f_prev = unit[:n], unit[n:]
             if flow is None:
-                corr = correlation(f_cur, f_prev, r)
-                inp = torch.cat((F.leaky_relu(corr, 0.1), f_cur), dim=1)
+                corr = correlation(u_cur, f_prev, r)
+                inp = torch.cat((corr, f_cur), dim=1)
             else:
                 flow = 2.0 * F.interpolate(flow, scale_factor=2.0, mode='bilinear',
                                            align_corners=False)
-                corr = correlation(f_cur, warp(f_prev, flow), r)
-                inp = torch.cat((F.leaky_relu(corr, 0.1), f_cur, flow), dim=1)
+                corr = correlation(u_cur, warp(f_prev, flow), r)
+                inp = torch.cat((corr, f_cur, flow), dim=1)
             hidden = est['body'](inp)
             delta = est['flow'](hidden)
             flow = delta if flow is None else flow + delta

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 import yaml
 
@@ -50,6 +50,7 @@ class FlowTrainConfig:
     # data
     data_root: str = 'data/synthetic'
     train_split: str = 'train'  # pairs with ground-truth flow (flow2seg-synth)
+    extra_roots: list = field(default_factory=list)  # more dataset roots with that split
     warp_fraction: float = 0.25  # share of samples made by warping single frames (1 = only)
     warp_splits: list = field(default_factory=lambda: ['train'])  # frames for warped samples
     val_split: str = 'val'  # ground-truth pairs scored at the end ('' = none)
@@ -58,14 +59,14 @@ class FlowTrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # FlowLiteNet keyword arguments
     init_weights: str = ''  # start from saved flow weights (.safetensors with its card)
     # augmentation (as segmentation training: flow2seg_ros.data.cityscapes.PairTransform)
-    crop_size: list = field(default_factory=lambda: [192, 384])
+    crop_size: list = field(default_factory=lambda: [160, 320])
     scale_range: list = field(default_factory=lambda: [0.75, 1.25])
     hflip: bool = True
     color_jitter: float = 0.2
     # loss: weights of the estimates coarsest first; the last is the final flow at input size
     loss_weights: list = field(default_factory=lambda: [0.25, 0.5, 0.5, 0.5, 0.5, 1.0])
     # optimisation
-    lr: float = 0.002
+    lr: float = 0.0006
     weight_decay: float = 0.0001
     lr_power: float = 0.9
     warmup_steps: int = 100
@@ -154,15 +155,18 @@ class FlowTrainSet(Dataset):
 
     def __init__(self, cfg: FlowTrainConfig, *, length: int = 4096) -> None:
         self.cfg = cfg
-        root = Path(cfg.data_root)
-        self.pairs = FlowPairs(root, cfg.train_split) if cfg.warp_fraction < 1 else None
+        roots = [Path(r) for r in [cfg.data_root, *cfg.extra_roots]]
+        self.pairs = ConcatDataset([FlowPairs(r, cfg.train_split) for r in roots]
+                                   ) if cfg.warp_fraction < 1 else None
         self.frames: list[Path] = []
         if cfg.warp_fraction > 0:
-            for split in cfg.warp_splits:
-                self.frames += sorted((root / 'leftImg8bit_sequence' / split).glob(_IMAGE_GLOB))
+            for root in roots:
+                for split in cfg.warp_splits:
+                    self.frames += sorted((root / 'leftImg8bit_sequence' / split
+                                           ).glob(_IMAGE_GLOB))
             if not self.frames:
-                raise DatasetError(f'no frames for warped samples under {root}/leftImg8bit_'
-                                   f'sequence/{{{",".join(cfg.warp_splits)}}}/')
+                raise DatasetError(f'no frames for warped samples in splits '
+                                   f'{cfg.warp_splits} of {", ".join(map(str, roots))}')
         self.length = len(self.pairs) if self.pairs is not None else length
         self.transform = FlowPairTransform(tuple(cfg.crop_size), scale_range=tuple(
             cfg.scale_range), hflip=cfg.hflip, color_jitter=cfg.color_jitter)
