@@ -5,6 +5,7 @@ import statistics
 import time
 import weakref
 
+from diagnostic_msgs.msg import DiagnosticArray
 from node_helpers import frame, image, labels_of, NodeHarness, RELIABLE
 import numpy as np
 import pytest
@@ -76,8 +77,10 @@ def test_three_cameras_of_different_sizes_equal_one_camera_runs(harness, tiny_mo
 
 
 def test_a_reset_on_one_camera_leaves_the_others_alone(harness):
-    h = harness(params={'cameras': ['a', 'b'], 'max_frame_gap_s': 0.5})
+    h = harness(params={'cameras': ['a', 'b'], 'max_frame_gap_s': 0.5,
+                        'diagnostics_period_s': 0.2})
     labels = {c: h.subscribe(f'/flow2seg_node/{c}/labels') for c in 'ab'}
+    diagnostics = h.subscribe('/diagnostics', DiagnosticArray)
     pubs = _publishers(h, 'ab')
     steps = [  # (a's size, a's stamp), (b's size, b's stamp)
         (((48, 64), 10.0), ((48, 64), 10.0)),
@@ -97,6 +100,19 @@ def test_a_reset_on_one_camera_leaves_the_others_alone(harness):
     stats = {c: h.node.cameras[c].stats for c in 'ab'}
     assert (stats['a'].resets, stats['a'].last_reset_reason) == (2, 'gap')
     assert (stats['b'].resets, stats['b'].last_reset_reason) == (1, 'backwards')
+
+    def per_camera():  # the newest diagnostics after every frame: one status per camera
+        for array in reversed(diagnostics):
+            statuses = {s.name: {kv.key: kv.value for kv in s.values} for s in array.status}
+            if all(v.get('frames_processed') == '6' for v in statuses.values()):
+                return statuses
+        return None
+
+    h.spin_until(per_camera, 5.0, 'diagnostics of both cameras')
+    statuses = per_camera()
+    assert set(statuses) == {'flow2seg_node: segmentation a', 'flow2seg_node: segmentation b'}
+    assert statuses['flow2seg_node: segmentation a']['flow_resets'] == '2'
+    assert statuses['flow2seg_node: segmentation b']['input_topic'] == '/b/image'
 
 
 def test_frames_arriving_together_run_as_one_batch_with_unbatched_labels(harness, tiny_model):
