@@ -45,7 +45,7 @@ from rclpy.node import Node
 
 from flow2seg_ros.node_base import NodeStats, one_line, SegmentationNodeMixin, SharedModelFactory
 from flow2seg_ros.node_params import (
-    check_params_files, DEFAULTS, NODE_NAME, NodeConfigError, pipeline_config,
+    check_ros_arguments, DEFAULTS, NODE_NAME, NodeConfigError, pipeline_config,
     validate_parameters)
 
 __all__ = ['DEFAULTS', 'Flow2SegNode', 'NodeConfigError', 'NodeStats', 'SharedModelFactory',
@@ -87,7 +87,7 @@ def run_node(make_node: Callable[[], Node], args: Optional[List[str]] = None) ->
         args: command-line arguments for rclpy (``--ros-args ...``); None uses ``sys.argv``.
     """
     logger = get_logger(NODE_NAME)
-    problem = check_params_files(sys.argv if args is None else args)
+    problem = check_ros_arguments(sys.argv if args is None else args)
     if problem:
         logger.fatal(f'{NODE_NAME} refuses to start: {problem}')
         return 1

@@ -3,8 +3,9 @@
 :func:`validate_parameters` hands every value the pipeline takes to
 :meth:`flow2seg_ros.pipeline.PipelineConfig.validate` (one definition of what is valid) and
 checks here only what belongs to the node: cameras, input transport and QoS, batching,
-diagnostics. :func:`check_params_files` reads the ``--params-file`` arguments before rclpy
-does, so that a missing or malformed file is reported in one sentence.
+diagnostics. :func:`check_ros_arguments` reads the ``--params-file``, ``-p`` and ``-r``
+arguments before rclpy does, so that a missing or malformed file or rule is reported in one
+sentence.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
-           'RUNTIME', 'batch_size', 'camera_names', 'check_params_files', 'describe_type_error',
+           'RUNTIME', 'batch_size', 'camera_names', 'check_ros_arguments', 'describe_type_error',
            'pipeline_config', 'validate_parameters', 'worker_count']
 
 NODE_NAME = 'flow2seg_node'
@@ -291,18 +292,42 @@ def _params_file_problem(path: str) -> Optional[str]:
     return walk(doc, '')
 
 
-def check_params_files(args: Sequence[str]) -> Optional[str]:
-    """One sentence about the first ``--params-file`` that rclpy could not read, else None.
+def _rule_problem(flag: str, rule: str) -> Optional[str]:
+    name, sep, value = rule.partition(':=')
+    if not sep or not name:
+        return f'{flag} {rule!r}: expected name:=value'
+    if flag in ('-p', '--param'):
+        if not value:
+            return f"{flag} {rule!r}: no value after ':='"
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            what = getattr(exc, 'problem', None) or type(exc).__name__
+            return f'{flag} {rule!r}: the value is not valid YAML ({what})'
+    elif not value:
+        return f"{flag} {rule!r}: no topic or name after ':='"
+    return None
+
+
+def check_ros_arguments(args: Sequence[str]) -> Optional[str]:
+    """One sentence about the first ROS argument rclpy would refuse, else None.
+
+    Checks each ``--params-file`` (exists, is YAML keyed by node name) and each ``-p`` / ``-r``
+    rule (``name:=value``), so that the node reports the mistake in one line instead of rcl's
+    error and a traceback.
 
     Args:
         args: the command line (``sys.argv`` or what is passed to ``rclpy.init``).
     """
     ros = _ros_args(args)
     for i, arg in enumerate(ros):
-        if arg == '--params-file':
+        if arg in ('--params-file', '-p', '--param', '-r', '--remap'):
             if i + 1 >= len(ros):
-                return '--params-file needs a file name'
-            problem = _params_file_problem(ros[i + 1])
+                return f'{arg} needs a value'
+            if arg == '--params-file':
+                problem = _params_file_problem(ros[i + 1])
+            else:
+                problem = _rule_problem(arg, ros[i + 1])
             if problem:
                 return problem
     return None
