@@ -1,4 +1,6 @@
 """Training with the temporal-consistency term (loss_tc): samples, the term, a short run."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,10 @@ def test_short_training_run_with_the_term(data_root, tmp_path, use_flow):
                                                   steps=3))])
     assert len(out['losses']) == 3 and all(np.isfinite(out['losses']))
     assert (tmp_path / 'run' / 'model.safetensors').is_file()
+
+
+def test_v2_config_trains_with_the_term():
+    configs = Path(__file__).resolve().parents[1] / 'config'
+    cfg = config.load_config(configs / 'train_synthetic_v2.yaml')
+    assert cfg.loss_tc > 0 and cfg.use_flow and cfg.preset == 'lite'
+    assert cfg.steps > config.load_config(configs / 'train_synthetic.yaml').steps
