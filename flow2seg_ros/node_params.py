@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from flow2seg_ros.flow import FLOW_METHODS
 from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
@@ -56,7 +57,7 @@ DESCRIPTIONS = {
     'precision': f"{', '.join(PRECISIONS)} (all but fp32 on CUDA only).",
     'network_image_width': "Network input width in pixels; 0 = the model card's.",
     'network_image_height': "Network input height in pixels; 0 = the model card's.",
-    'flow_method': "Optical flow: dis, farneback, raft_small, raft_large; '' = the card's.",
+    'flow_method': f"Optical flow: {', '.join(FLOW_METHODS)}; '' = the card's.",
     'flow_preset': "Flow preset (DIS: ultrafast/fast/medium); '' = the card's.",
     'overlay_alpha': 'Weight of the colour mask in ~/overlay, 0..1.',
     'publish_color_mask': 'Publish ~/color_mask (rgb8).',
