@@ -1,6 +1,7 @@
 """Training with the temporal-consistency term (loss_tc): samples, the term, a short run."""
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ import yaml
 
 from flow2seg_ros import train
 from flow2seg_ros.classes import cityscapes_classes
+from flow2seg_ros.data.cityscapes import DatasetError
 from flow2seg_ros.data.synth import generate
 from flow2seg_ros.losses import TemporalConsistencyLoss
 from flow2seg_ros.training import config, dataset, loop
@@ -85,6 +87,44 @@ def test_image_only_samples_carry_flow_for_the_term(data_root, tmp_path):
     assert sample['tc_mask'].any() and sample['tc_flow'].shape == (2, 48, 96)
 
 
+def test_ground_truth_flow_for_the_term_is_augmented_with_the_pair(data_root, tmp_path):
+    cfg = config.load_config(_cfg(data_root, tmp_path, tc_flow='ground_truth'))
+    train_set, _ = dataset.make_train_set(cfg, cityscapes_classes(), torch.device('cpu'), 1)
+    names = [s[0] for s in train_set.raw_pairs.samples]
+    i = names.index(next(n for n in names if n.endswith('_000003')))
+    raw = train_set.raw_pairs[i]
+    gt = train_set._ground_truth(raw, train_set.raw_pairs.samples[i][1])
+    torch.manual_seed(11)
+    a, g = train_set._augment([raw, gt], [train_set.pairs.transform, train_set.flow_transform])
+    # The flow transform drew the same scale, crop, flip and colour as the pair's transform.
+    np.testing.assert_array_equal(g['cur'], a['image'])
+    np.testing.assert_array_equal(g['prev'], a['prev'])
+    torch.manual_seed(11)
+    sample = train_set[i]
+    flow, mask = sample['tc_flow'].numpy(), sample['tc_mask'].numpy()
+    np.testing.assert_array_equal(flow, g['flow'])
+    assert mask.mean() > 0.6
+    # It is the motion of the augmented pair: frame t-1 warped by it matches frame t.
+    h, w = mask.shape
+    mx = (np.arange(w, dtype=np.float32)[None, :] + flow[0]).astype(np.float32)
+    my = (np.arange(h, dtype=np.float32)[:, None] + flow[1]).astype(np.float32)
+    warped = cv2.remap(a['prev'], mx, my, cv2.INTER_LINEAR).astype(np.float32)
+    err = np.abs(warped - a['image'].astype(np.float32)).mean(-1)
+    still = np.abs(a['prev'].astype(np.float32) - a['image'].astype(np.float32)).mean(-1)
+    assert err[mask].mean() < 0.8 * still[mask].mean(), (err[mask].mean(), still[mask].mean())
+    with pytest.raises(config.ConfigError, match='tc_flow'):
+        config.load_config(None, {'tc_flow': 'exact'})
+
+
+def test_ground_truth_flow_needs_the_flow_files(tmp_path):
+    root = tmp_path / 'noflow'
+    generate(root, sequences=1, frames=3, size=(128, 64), seed=6, split='train', progress=False,
+             flow=False)
+    cfg = config.load_config(_cfg(root, tmp_path, tc_flow='ground_truth'))
+    with pytest.raises(DatasetError, match='flow files'):
+        dataset.make_train_set(cfg, cityscapes_classes(), torch.device('cpu'), 1)
+
+
 @pytest.mark.parametrize('use_flow', [True, False])
 def test_the_term_joins_the_loss_of_a_step(data_root, tmp_path, use_flow):
     cfg = config.load_config(_cfg(data_root, tmp_path, use_flow=use_flow, hflip=False,
@@ -109,10 +149,10 @@ def test_the_term_joins_the_loss_of_a_step(data_root, tmp_path, use_flow):
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
 
 
-@pytest.mark.parametrize('use_flow', [True, False])
-def test_short_training_run_with_the_term(data_root, tmp_path, use_flow):
+@pytest.mark.parametrize('use_flow,tc_flow', [(True, 'estimator'), (False, 'ground_truth')])
+def test_short_training_run_with_the_term(data_root, tmp_path, use_flow, tc_flow):
     out = train.train_model(['--config', str(_cfg(data_root, tmp_path, use_flow=use_flow,
-                                                  steps=3))])
+                                                  tc_flow=tc_flow, steps=3))])
     assert len(out['losses']) == 3 and all(np.isfinite(out['losses']))
     assert (tmp_path / 'run' / 'model.safetensors').is_file()
 

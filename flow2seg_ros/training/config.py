@@ -70,6 +70,9 @@ class TrainConfig:
     # weight of the temporal-consistency term (losses.TemporalConsistencyLoss) on the fused
     # head; > 0 also runs the model on each sample's previous frame; 0 = off
     loss_tc: float = 0.0
+    # the term's flow: 'ground_truth' (the generator's flow files and their validity, needs
+    # <data_root>/flow/) or 'estimator' (flow_method's flow, forward-backward checked)
+    tc_flow: str = 'estimator'
     # optimisation
     optimizer: str = 'sgd'  # sgd | adamw
     lr: float = 0.01
@@ -158,6 +161,8 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise bad('flow_scale', 'must be positive')
     if cfg.loss_tc < 0:
         raise bad('loss_tc', 'must be >= 0')
+    if cfg.tc_flow not in ('estimator', 'ground_truth'):
+        raise bad('tc_flow', "must be 'estimator' or 'ground_truth'")
     if cfg.freeze_image_path and not cfg.use_flow:
         raise ConfigError(f'{source}: freeze_image_path needs use_flow: true (an image-only model '
                           'with a frozen image path has nothing to train)')

@@ -19,8 +19,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from flow2seg_ros.classes import ClassSet
-from flow2seg_ros.data.cityscapes import PairTransform, read_rgb, SequencePairDataset
+from flow2seg_ros.data.cityscapes import DatasetError, PairTransform, read_rgb, SequencePairDataset
+from flow2seg_ros.data.flowio import FLOW_SUFFIX, read_flow_png
 from flow2seg_ros.flow import make_flow_estimator, scale_flow
+from flow2seg_ros.flow.augment import FlowPairTransform
 from flow2seg_ros.losses import flow_consistency_mask
 from flow2seg_ros.training.config import ConfigError, geometric_free, TrainConfig
 
@@ -163,12 +165,15 @@ class TemporalPairDataset(FlowPairDataset):
     from the frame to the previous one in pixels (the one the network's ``flow`` input is scaled
     from); ``tc_mask`` (H, W) bool, where that flow passes the forward-backward check
     (:func:`flow2seg_ros.losses.flow_consistency_mask`, one more estimator call, previous ->
-    current); and, for a flow model, ``prev_flow`` (2, H, W): the network flow input of the
-    previous frame, from the frame before it, which is read and augmented exactly like the pair
-    (the augmentation's random draws are replayed). Where no frame before the previous one
-    exists, ``prev_flow`` is zero and ``tc_mask`` is all False, so the sample adds nothing to the
-    term. Flow is always computed here (an image-only model needs it for the term too) and never
-    cached.
+    current). With ``cfg.tc_flow == 'ground_truth'`` both come from the generator instead: the
+    frame's flow file (``<root>/flow/<split>/<city>/<name>_flow.png``) and its validity,
+    augmented like the pair (:class:`flow2seg_ros.flow.augment.FlowPairTransform`, which draws as
+    :class:`~flow2seg_ros.data.cityscapes.PairTransform` does). And, for a flow model,
+    ``prev_flow`` (2, H, W): the network flow input of the previous frame, from the frame before
+    it, which is read and augmented exactly like the pair (the augmentation's random draws are
+    replayed). Where no frame before the previous one exists, ``prev_flow`` is zero and
+    ``tc_mask`` is all False, so the sample adds nothing to the term. The term's flow is computed
+    here also for an image-only model, and never cached.
 
     Args:
         pairs: the (augmenting) pair dataset.
@@ -183,37 +188,70 @@ class TemporalPairDataset(FlowPairDataset):
         self.raw_pairs = raw_pairs
         if len(raw_pairs) != len(pairs):
             raise ValueError(f'raw_pairs has {len(raw_pairs)} samples, pairs {len(pairs)}')
+        self.flow_transform: Optional[FlowPairTransform] = None
+        if cfg.tc_flow == 'ground_truth':
+            flow_dir = Path(raw_pairs.root) / 'flow' / raw_pairs.split
+            if not flow_dir.is_dir():
+                raise DatasetError('tc_flow ground_truth needs the flow files of the generator: '
+                                   f'{flow_dir} does not exist')
+            t = getattr(pairs, 'transform', None)
+            if t is not None:
+                self.flow_transform = FlowPairTransform(
+                    t.crop_size, scale_range=t.scale_range, hflip=t.hflip,
+                    color_jitter=t.color_jitter, generator=t.generator)
 
-    def _augment(self, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The pairs' transform applied to each sample with the same random draws."""
+    def _ground_truth(self, raw: dict[str, Any], image_path: Path) -> dict[str, Any]:
+        """The frame's ground-truth flow sample (frames, flow, valid), not yet augmented."""
+        path = (Path(self.raw_pairs.root) / 'flow' / self.raw_pairs.split / image_path.parent.name
+                / f"{raw['name']}{FLOW_SUFFIX}")
+        h, w = raw['image'].shape[:2]
+        flow, valid = read_flow_png(path, expected_size=(w, h))
+        return {'prev': raw['prev'], 'cur': raw['image'], 'flow': flow, 'valid': valid,
+                'moving': np.zeros_like(valid)}
+
+    def _augment(self, samples: Sequence[dict[str, Any]],
+                 transforms: Optional[Sequence[Any]] = None) -> list[dict[str, Any]]:
+        """Each sample through its transform (the pairs' by default), with the same random
+        draws (the random state is replayed)."""
         transform = getattr(self.pairs, 'transform', None)
         if transform is None:
             return list(samples)
+        transforms = transforms or [transform] * len(samples)
         gen = getattr(transform, 'generator', None)
         state = gen.get_state() if gen is not None else torch.get_rng_state()
         out = []
-        for sample in samples:
+        for sample, t in zip(samples, transforms):
             if gen is not None:
                 gen.set_state(state)
             else:
                 torch.set_rng_state(state)
-            out.append(transform(sample))
+            out.append(t(sample))
         return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         raw = self.raw_pairs[index]
-        _, _, prev_path, _ = self.raw_pairs.samples[index]
+        _, image_path, prev_path, _ = self.raw_pairs.samples[index]
         older = _frame_before(Path(prev_path))
-        samples = [raw]
+        pair_transform = getattr(self.pairs, 'transform', None)
+        samples, transforms = [raw], [pair_transform]
         if self.cfg.use_flow and older is not None and older.is_file():
             samples.append({'image': raw['prev'], 'prev': read_rgb(older), 'label': raw['label'],
                             'name': raw['name']})
-        aug = self._augment(samples)
+            transforms.append(pair_transform)
+        ground_truth = self.cfg.tc_flow == 'ground_truth'
+        if ground_truth:
+            samples.append(self._ground_truth(raw, Path(image_path)))
+            transforms.append(self.flow_transform)
+        aug = self._augment(samples, transforms)
         image, prev, label = aug[0]['image'], aug[0]['prev'], aug[0]['label']
-        estimate = self.estimator()
-        fwd = estimate(prev, image).cpu().float()
-        bwd = estimate(image, prev).cpu().float()
-        mask = flow_consistency_mask(fwd[None], bwd[None])[0]
+        if ground_truth:
+            gt = aug.pop()
+            fwd = torch.from_numpy(np.ascontiguousarray(gt['flow']))
+            mask = torch.from_numpy(np.ascontiguousarray(gt['valid']))
+        else:
+            fwd = self.estimator()(prev, image).cpu().float()
+            bwd = self.estimator()(image, prev).cpu().float()
+            mask = flow_consistency_mask(fwd[None], bwd[None])[0]
         out: dict[str, Any] = {
             'image': normalize_image(image, self.cfg.mean, self.cfg.std),
             'label': torch.from_numpy(np.ascontiguousarray(label)).long(),
@@ -221,7 +259,9 @@ class TemporalPairDataset(FlowPairDataset):
             'tc_flow': fwd, 'tc_mask': mask,
         }
         if self.cfg.use_flow:
-            out['flow'] = training_flow(fwd, self.cfg)
+            estimate = self.estimator()
+            net = estimate(prev, image).cpu().float() if ground_truth else fwd
+            out['flow'] = training_flow(net, self.cfg)
             if len(aug) > 1:
                 out['prev_flow'] = training_flow(estimate(aug[1]['prev'], prev).cpu().float(),
                                                  self.cfg)
