@@ -254,8 +254,9 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                  network: tuple[int, int], camera: tuple[int, int], iterations: int,
                  device: torch.device, precision: str = 'fp32', encoding: str = 'bgr8',
                  publisher: Optional[_Publisher] = None, budget_s: float = 120.0,
-                 channels_last: bool = False, backend: str = 'auto', overlap_flow: bool = True,
-                 peers: bool = False, compare_overlap: bool = False) -> dict[str, Any]:
+                 channels_last: bool = False, backend: str = 'auto',
+                 overlap_flow: Optional[bool] = None, peers: bool = False,
+                 compare_overlap: bool = False) -> dict[str, Any]:
     """Time one preset at one network input size and one camera frame size.
 
     Args:
@@ -272,10 +273,11 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         budget_s: wall-time budget of this configuration.
         channels_last: convert both models to channels-last memory format.
         backend: the pipelines' network runner (``auto``, ``torch``, ``onnxruntime``).
-        overlap_flow: the pipelines' ``overlap_flow`` (flow in a second thread on the CPU).
+        overlap_flow: the pipelines' ``overlap_flow`` (flow in a second thread on the CPU:
+            True, False, None = measured as it runs).
         peers: also time torchvision's segmenters (:mod:`flow2seg_ros.peers`) per frame.
-        compare_overlap: also run the fused pipeline with ``overlap_flow`` the other way round
-            (``sequential``/``overlapped_stages_ms``, ratio ``overlap_speedup``).
+        compare_overlap: also run the fused pipeline with the overlap always on and always off
+            (``overlapped_stages_ms``, ``sequential_stages_ms``, ratio ``overlap_speedup``).
 
     Returns:
         A dict with the configuration, medians per stage for both pipelines, per-path times,
@@ -294,10 +296,10 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
             net = net.to(memory_format=torch.channels_last)
         pipe = FramePipeline(config, model=net, card=net_card)
         pipes[name] = pipe
-    other = 'sequential' if overlap_flow else 'overlapped'
-    if compare_overlap:
-        pipes[other] = FramePipeline(replace(config, overlap_flow=not overlap_flow),
-                                     model=pipes['fused'].model, card=card)
+    ways = {'overlapped': True, 'sequential': False} if compare_overlap else {}
+    for name, way in ways.items():
+        pipes[name] = FramePipeline(replace(config, overlap_flow=way),
+                                    model=pipes['fused'].model, card=card)
     image_type = _message_type()
     frames = scene_frames(iterations + 1, camera)
     amp_dtype = pipes['fused'].amp_dtype
@@ -390,9 +392,8 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
                                                              + totals['fused']['outputs_ms']),
         # (flow path + fusion) / image path, per frame then median
         # pipeline without overlap / with it (whole process() totals), per frame then median
-        'overlap_speedup': _median([a / b for a, b in zip(
-            *(stages[k]['total'] for k in (('sequential', 'fused') if overlap_flow else
-                                           ('fused', 'overlapped'))))])
+        'overlap_speedup': _median([a / b for a, b in zip(stages['sequential']['total'],
+                                                          stages['overlapped']['total'])])
         if compare_overlap else float('nan'),
         'flow_fusion_over_image_path': _median(
             [(a + b) / c for a, b, c in zip(paths['flow_path'], paths['fusion'],
@@ -408,7 +409,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         'iterations': timed,
         'stages_ms': med['fused'],
         'image_only_stages_ms': med['image_only'],
-        f'{other}_stages_ms': med.get(other, {}),
+        **{f'{name}_stages_ms': med[name] for name in ways},
         'paths_ms': path_med,
         'postprocess_ms': {k: _median(v) for k, v in micro.items()},
         'totals': totals,
@@ -455,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         iterations=args.iterations, device=device, precision=args.precision,
                         encoding=args.encoding, publisher=publisher, budget_s=args.budget_s,
                         channels_last=args.channels_last, backend=args.backend,
-                        overlap_flow=not args.no_overlap_flow, peers=args.peers,
+                        overlap_flow=_OVERLAP[args.overlap_flow], peers=args.peers,
                         compare_overlap=args.compare_overlap)
                     report['configs'].append(result)
                     if args.verbose:
@@ -504,6 +505,9 @@ def format_table(report: dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+_OVERLAP = {'auto': None, 'on': True, 'off': False}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The command-line options of ``flow2seg-bench``."""
     parser = argparse.ArgumentParser(
@@ -530,11 +534,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = default)')
     parser.add_argument('--backend', default='auto', choices=BACKENDS,
                         help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
-    parser.add_argument('--no-overlap-flow', action='store_true',
-                        help='compute the flow before the network instead of beside it')
+    parser.add_argument('--overlap-flow', default='auto', choices=list(_OVERLAP),
+                        help='flow beside the image path: on, off, or auto (measured as it '
+                             'runs)')
     parser.add_argument('--compare-overlap', action='store_true',
-                        help='also run the fused pipeline with the flow overlap the other way '
-                             'round, in the same loop (ratio overlap_speedup)')
+                        help='also run the fused pipeline with the overlap always on and '
+                             'always off, in the same loop (ratio overlap_speedup)')
     parser.add_argument('--peers', action='store_true',
                         help="also time torchvision's LRASPP and DeepLabV3 MobileNetV3-Large "
                              '(random weights, eager, network alone) in the same loop')

@@ -92,17 +92,28 @@ class CpuPath:
         runner: a :mod:`flow2seg_ros.backends` runner (``image_logits``, ``flow_logits``,
             ``fuse``, ``has_flow``).
         flow_scale: the model card's ``flow.scale``.
-        overlap: run the flow (estimator and flow path) alongside the image path.
+        overlap: run the flow (estimator and flow path) alongside the image path: True, False,
+            or None = measured as it runs (below).
         threads: CPU threads of the pipeline (0 = torch's setting); no overlap below 2.
+
+    With ``overlap=None`` each way is timed on the first frames with flow, the faster one is
+    kept, and every :attr:`RETRY` frames the other is timed once more (running means of the
+    network step's wall time): on an idle machine the overlap wins by the image path's time, on
+    one whose cores are taken by other work, splitting the threads loses.
     """
 
-    def __init__(self, runner: Any, *, flow_scale: float, overlap: bool = True,
+    #: With the overlap measured, frames between two timings of the slower way.
+    RETRY = 25
+
+    def __init__(self, runner: Any, *, flow_scale: float, overlap: Optional[bool] = None,
                  threads: int = 0) -> None:
         self.runner = runner
         self.flow_scale = flow_scale
         self.threads = threads or torch.get_num_threads()
-        self.overlap = bool(overlap) and self.threads >= 2
+        self.overlap = overlap if self.threads >= 2 else False
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._mean_ms: dict[bool, Optional[float]] = {True: None, False: None}
+        self._flow_frames = 0
         # running means (ms) that decide where the flow path runs; start in the flow thread
         self._image_ms = 1.0
         self._estimator_ms = 0.0
@@ -115,6 +126,20 @@ class CpuPath:
             # the worker set its own thread count to 1; this thread keeps all of them
             torch.set_num_threads(self.threads)
         return self._pool
+
+    def _choose_overlap(self) -> bool:
+        if self.overlap is not None:
+            return self.overlap
+        self._flow_frames += 1
+        for way in (True, False):
+            if self._mean_ms[way] is None:
+                return way
+        best = min((True, False), key=lambda way: self._mean_ms[way])
+        return (not best) if self._flow_frames % self.RETRY == 0 else best
+
+    def _measured(self, way: bool, ms: float) -> None:
+        mean = self._mean_ms[way]
+        self._mean_ms[way] = ms if mean is None else 0.7 * mean + 0.3 * ms
 
     def close(self) -> None:
         """Stop the flow thread (a later frame starts it again)."""
@@ -158,9 +183,10 @@ class CpuPath:
         idx = [i for i, f in enumerate(frames) if f.prev_small is not None] \
             if self.runner.has_flow else []
         flow_frames = [frames[i] for i in idx]
-        t0 = time.perf_counter()
+        started = t0 = time.perf_counter()
         flow_logits = None
-        if idx and self.overlap:
+        overlap = bool(idx) and self._choose_overlap()
+        if overlap:
             # The flow path goes in the flow thread too while the estimator is quicker than the
             # image path (then both hide behind it); otherwise it waits for the estimator and
             # runs on every core once the image path is done.
@@ -198,6 +224,8 @@ class CpuPath:
             else:
                 fused[idx] = joined
         network_ms = 1000.0 * (time.perf_counter() - t0)
+        if idx:
+            self._measured(overlap, 1000.0 * (time.perf_counter() - started))
         outs = []
         where = {i: j for j, i in enumerate(idx)}
         for i, f in enumerate(frames):

@@ -90,7 +90,8 @@ class PipelineConfig:
             None = exported on first use into the cache (``FLOW2SEG_CACHE``, else
             ``~/.cache/flow2seg_ros``).
         overlap_flow: on the CPU, compute the flow (and the flow path) in a second thread while
-            the image path runs.
+            the image path runs: True, False, or None = whichever is measured faster as frames
+            run (see :class:`~flow2seg_ros.cpu_path.CpuPath`).
     """
 
     weights: Optional[str] = None
@@ -107,7 +108,7 @@ class PipelineConfig:
     device_resident: bool = True
     backend: str = 'auto'
     onnx: Optional[str] = None
-    overlap_flow: bool = True
+    overlap_flow: Optional[bool] = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""

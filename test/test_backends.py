@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from flow2seg_ros.backends import cached_onnx, OnnxModelError, OrtRunner, resolve_backend
 from flow2seg_ros.bench import scene_frames
-from flow2seg_ros.cpu_path import upsampled_labels
+from flow2seg_ros.cpu_path import CpuPath, upsampled_labels
 from flow2seg_ros.export import export_onnx, main as export_main, onnx_card_path, OnnxGraph
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.weights import load_model, save_model
@@ -220,3 +220,26 @@ def test_evaluate_gives_the_same_miou_with_each_backend(tmp_path):
     for h in HEADS:
         assert heads['torch'][h]['miou'] > 0.1
         assert abs(heads['torch'][h]['miou'] - heads['onnxruntime'][h]['miou']) <= 0.0005, h
+
+
+def test_auto_overlap_times_both_ways_and_keeps_using_the_faster():
+    frames = scene_frames(5, (160, 120), seed=4)
+    model, card = make_tiny_model(seed=2)
+    pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime', threads=2),
+                         model=model, card=card)
+    assert pipe.config.overlap_flow is None
+    runs = run_stream(pipe, frames)
+    overlapped = ['flow_thread' in r.timings for r in runs[1:]]
+    assert overlapped[:2] == [True, False]  # each way timed once, overlapped first
+    assert all(r.flow is not None for r in runs[1:])
+    # the choice itself: the faster running mean, and the slower again every RETRY frames
+    path = CpuPath(pipe.cpu_path.runner, flow_scale=1.0, overlap=None, threads=2)
+    choices = []
+    for k in range(2 * CpuPath.RETRY):
+        way = path._choose_overlap()
+        choices.append(way)
+        path._measured(way, 10.0 if way else 20.0)
+    assert choices[:2] == [True, False]
+    assert [k + 1 for k, way in enumerate(choices) if not way] == [2, CpuPath.RETRY,
+                                                                   2 * CpuPath.RETRY]
+    assert CpuPath(pipe.cpu_path.runner, flow_scale=1.0, overlap=None, threads=1).overlap is False
