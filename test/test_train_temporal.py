@@ -150,11 +150,13 @@ def test_the_term_joins_the_loss_of_a_step(data_root, tmp_path, use_flow):
 
 
 @pytest.mark.parametrize('use_flow,tc_flow', [(True, 'estimator'), (False, 'ground_truth')])
-def test_short_training_run_with_the_term(data_root, tmp_path, use_flow, tc_flow):
+def test_short_training_run_with_the_term(data_root, tmp_path, capsys, use_flow, tc_flow):
     out = train.train_model(['--config', str(_cfg(data_root, tmp_path, use_flow=use_flow,
-                                                  tc_flow=tc_flow, steps=3))])
+                                                  tc_flow=tc_flow, steps=3, progress=True,
+                                                  log_every=1))])
     assert len(out['losses']) == 3 and all(np.isfinite(out['losses']))
     assert (tmp_path / 'run' / 'model.safetensors').is_file()
+    assert 'tc=' in capsys.readouterr().err          # the progress bar shows the term
 
 
 def test_v2_config_trains_with_the_term():

@@ -88,6 +88,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
     """
     t_last, n_last = time.perf_counter(), 0
     tc_loss = TemporalConsistencyLoss() if cfg.loss_tc > 0 else None
+    tc_recent: list[float] = []
     for batch in data_loader:
         if state.step >= cfg.steps or (cfg.stop_at and state.step >= cfg.stop_at):
             break
@@ -98,8 +99,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
             outputs = model(image, flow)
             loss, _parts = criterion(outputs, target)
             if tc_loss is not None:
-                loss = loss + cfg.loss_tc * _temporal_term(model, tc_loss, outputs, batch,
-                                                           device, cfg)
+                tc = _temporal_term(model, tc_loss, outputs, batch, device, cfg)
+                tc_recent = (tc_recent + [float(tc.detach())])[-max(1, cfg.log_every):]
+                loss = loss + cfg.loss_tc * tc
         if not torch.isfinite(loss):
             raise FloatingPointError(f'loss is {loss.item()} at step {state.step}; '
                                      'lower lr or check the data')
@@ -121,7 +123,8 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
             if state.step % max(1, cfg.log_every) == 0 or state.step == cfg.steps:
                 now = time.perf_counter()
                 recent = state.losses[-max(1, cfg.log_every):]
-                pbar.set_postfix(loss=f'{sum(recent) / len(recent):.4f}',
+                extra = {'tc': f'{sum(tc_recent) / len(tc_recent):.4f}'} if tc_recent else {}
+                pbar.set_postfix(loss=f'{sum(recent) / len(recent):.4f}', **extra,
                                  lr=f'{optimizer.param_groups[0]["lr"]:.2e}',
                                  img_s=f'{n_last / max(now - t_last, 1e-9):.1f}')
                 t_last, n_last = now, 0
