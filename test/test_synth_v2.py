@@ -141,3 +141,16 @@ def test_ground_truth_flow_is_exact_on_v2_scenes_and_articulated_limbs(seed: int
     assert mean['exact'] < 0.8 * mean['none'], mean
     assert mean['exact'] < mean['dx1'] and mean['exact'] < mean['dy1'], mean
     assert mean['limbs'] < 0.8 * mean['limbs_none'] and mean['limbs'] < mean['limbs_dx1'], mean
+
+
+def test_cli_prints_the_coverage_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert synth.main(['--out', str(tmp_path), '--scenes', 'v2', '--sequences', '1',
+                       '--frames', '1', '--size', '64x32', '--seed', '3', '--coverage',
+                       '--no-flow', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    table = out[out.index('class'):].splitlines()
+    assert len(table) == 20 and table[0].split() == ['class', 'frames', '%', 'pixels', '%']
+    sky = next(line for line in table if line.startswith('sky')).split()
+    assert float(sky[1]) == 100.0                  # one frame, and it shows sky
+    entry = json.loads((tmp_path / 'sequence_info.json').read_text())['splits']['train']
+    assert entry['coverage']['sky']['pixels_pct'] == pytest.approx(float(sky[2]), abs=1e-3)
