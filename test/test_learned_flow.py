@@ -199,3 +199,20 @@ def test_training_command_refuses_bad_config_in_one_line(tmp_path: Path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith('flow2seg-train-flow: error:') and 'no_such_key' in err
     assert len(err.splitlines()) == 1
+
+
+def test_mixed_flow_answers_each_call_with_one_of_its_methods() -> None:
+    prev = _texture(7)
+    cur = _warp_affine(prev, np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))
+    mixed = make_flow_estimator('mixed', 'dis/medium+learned')
+    direct = {'dis/medium': make_flow_estimator('dis', 'medium')(prev, cur),
+              'learned': make_flow_estimator('learned', '')(prev, cur)}
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        flow = mixed(prev, cur)
+        torch.testing.assert_close(flow, direct[mixed.last])
+        seen.add(mixed.last)
+    assert seen == {'dis/medium', 'learned'}
+    with pytest.raises(ValueError, match='two or more'):
+        make_flow_estimator('mixed', 'dis/medium')

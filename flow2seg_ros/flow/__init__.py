@@ -10,17 +10,20 @@ Methods:
     ``dis`` (OpenCV DIS; presets ultrafast/fast/medium; the CPU default),
     ``farneback`` (OpenCV Farneback, the paper's "GF-flow"),
     ``raft_small`` / ``raft_large`` (torchvision RAFT, for GPUs; weights from a local file),
-    ``learned`` (the bundled small network of :mod:`flow2seg_ros.flow.learned`; CPU or GPU).
+    ``learned`` (the bundled small network of :mod:`flow2seg_ros.flow.learned`; CPU or GPU),
+    ``mixed`` (training only: each call answered by one of several methods at random, e.g.
+    ``dis/medium+learned``, so that one model learns to use either flow).
 """
 from flow2seg_ros.flow.base import FlowEstimator, scale_flow
 from flow2seg_ros.flow.learned import LearnedFlow, resolve_flow_weights
+from flow2seg_ros.flow.mixed import MixedFlow, parse_mix
 from flow2seg_ros.flow.opencv import DISFlow, FarnebackFlow
 from flow2seg_ros.flow.raft import RAFTFlow
 
 __all__ = ['FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'LearnedFlow',
-           'RAFTFlow', 'make_flow_estimator', 'scale_flow']
+           'MixedFlow', 'RAFTFlow', 'make_flow_estimator', 'scale_flow']
 
-FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large', 'learned')
+FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large', 'learned', 'mixed')
 
 
 def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
@@ -32,7 +35,9 @@ def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
         preset: DIS preset (``ultrafast``, ``fast``, ``medium``); for RAFT the number of
             refinement iterations as a string (``''`` = the method's default); for ``learned``
             the weights: ``''`` (the bundled default), the name of a bundled weights file
-            (``flowlite_synthetic``) or a ``.safetensors`` path; ignored by Farneback.
+            (``flowlite_synthetic``) or a ``.safetensors`` path; for ``mixed`` the parts,
+            ``method/preset`` joined by ``+`` (``''`` = ``dis/medium+learned``); ignored by
+            Farneback.
         device: torch device of the returned flow (RAFT and the learned network run there).
         weights: RAFT weights, a local .safetensors file (None looks in the torch hub cache);
             for ``learned``, a weights file that takes precedence over ``preset``.
@@ -46,4 +51,8 @@ def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
         return RAFTFlow(method, device=device, weights=weights, iterations=iters)
     if method == 'learned':
         return LearnedFlow(weights or resolve_flow_weights(preset), device=device)
+    if method == 'mixed':
+        parts = parse_mix(preset)
+        return MixedFlow([make_flow_estimator(m, p, device=device, weights=weights)
+                          for m, p in parts], [f'{m}/{p}' if p else m for m, p in parts])
     raise ValueError(f'unknown flow method {method!r}; choose one of {", ".join(FLOW_METHODS)}')
