@@ -23,10 +23,11 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from flow2seg_ros.flow import scale_flow
 
-__all__ = ['CONCURRENT_STAGES', 'upsampled_labels', 'CpuPath']
+__all__ = ['CONCURRENT_STAGES', 'upsampled_labels', 'full_size', 'labels_from_logits', 'CpuPath']
 
 #: Timings (ms) of work done in the flow thread alongside the others; not part of a total.
 CONCURRENT_STAGES = ('flow_thread',)
@@ -74,11 +75,28 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if c <= 512:  # OpenCV's channel limit
         up = cv2.resize(cells, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     else:
-        up = torch.nn.functional.interpolate(
-            torch.from_numpy(logits)[None].float(), size=(out_h, out_w), mode='bilinear',
-            align_corners=False)[0].permute(1, 2, 0).numpy()
+        up = full_size(torch.from_numpy(logits)[None], size)[0].permute(1, 2, 0).numpy()
     labels[mixed] = up.reshape(out_h, out_w, c)[mixed].argmax(1)
     return labels
+
+
+def full_size(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(N, C, h, w) logits upsampled (bilinear, ``align_corners=False``) to ``size``, float32."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.float()
+    return F.interpolate(logits.float(), size=tuple(size), mode='bilinear', align_corners=False)
+
+
+def labels_from_logits(logits: torch.Tensor, size: Sequence[int]) -> np.ndarray:
+    """(1, C, h, w) logits at any stride -> (H, W) uint8 labels at ``size``.
+
+    On the CPU by :func:`upsampled_labels`; elsewhere the logits are upsampled on their device.
+    """
+    if logits.device.type == 'cpu' and tuple(logits.shape[-2:]) != tuple(size):
+        return upsampled_labels(logits[0].float().numpy(), size)
+    # max(1).indices equals argmax(1) (first maximum on ties) and is several times
+    # faster over a (1, C, H, W) tensor on CPUs, where argmax(1) reduces along a stride
+    return full_size(logits, size).max(1).indices[0].to(torch.uint8).cpu().numpy()
 
 
 def _single_thread() -> None:

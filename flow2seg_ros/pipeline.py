@@ -42,11 +42,10 @@ from typing import Any, Iterable, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flow2seg_ros.backends import make_runner, resolve_backend
 from flow2seg_ros.classes import ClassSet
-from flow2seg_ros.cpu_path import CONCURRENT_STAGES, CpuPath, upsampled_labels
+from flow2seg_ros.cpu_path import CONCURRENT_STAGES, CpuPath, full_size, labels_from_logits
 from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
@@ -481,17 +480,17 @@ class FramePipeline:
         fused = out['fused']
         conf_small = None
         if want_conf:
-            conf_t, lab_t = torch.softmax(self._full_size(fused).float(), 1).max(1)
+            conf_t, lab_t = torch.softmax(full_size(fused, self.input_size), 1).max(1)
             labels_small = lab_t[0].to(torch.uint8).cpu().numpy()
             conf_small = (conf_t[0] * 255).round().to(torch.uint8).cpu().numpy()
         else:
-            labels_small = self._labels_small(fused)
+            labels_small = labels_from_logits(fused, self.input_size)
         head_small = {}
         for h in heads:
             if h == 'fused':
                 head_small[h] = labels_small
             elif h in out:
-                head_small[h] = self._labels_small(out[h])
+                head_small[h] = labels_from_logits(out[h], self.input_size)
             else:
                 head_small[h] = None
         flow_np = None if frame.flow is None else frame.flow.cpu().numpy()
@@ -529,21 +528,6 @@ class FramePipeline:
         result.timings['total'] = sum(v for k, v in frame.timings.items()
                                       if k not in CONCURRENT_STAGES)
         return result
-
-    def _full_size(self, logits: torch.Tensor) -> torch.Tensor:
-        """(1, C, h, w) logits upsampled (bilinear) to the network's input size."""
-        if tuple(logits.shape[-2:]) == self.input_size:
-            return logits
-        return F.interpolate(logits.float(), size=self.input_size, mode='bilinear',
-                             align_corners=False)
-
-    def _labels_small(self, logits: torch.Tensor) -> np.ndarray:
-        """Labels at the network's input size from (1, C, h, w) logits at any stride."""
-        if logits.device.type == 'cpu' and tuple(logits.shape[-2:]) != self.input_size:
-            return upsampled_labels(logits[0].float().numpy(), self.input_size)
-        # max(1).indices equals argmax(1) (first maximum on ties) and is several times
-        # faster over a (1, C, H, W) tensor on CPUs, where argmax(1) reduces along a stride
-        return self._full_size(logits).max(1).indices[0].to(torch.uint8).cpu().numpy()
 
     def _finish_on_device(self, frame: PreparedFrame, out: dict[str, torch.Tensor],
                           outputs: set[str], heads: tuple[str, ...],

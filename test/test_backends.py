@@ -11,10 +11,9 @@ from flow2seg_ros.backends import cached_onnx, OnnxModelError, OrtRunner, resolv
 from flow2seg_ros.bench import scene_frames
 from flow2seg_ros.cpu_path import CpuPath, upsampled_labels
 from flow2seg_ros.export import export_onnx, main as export_main, onnx_card_path, OnnxGraph
+from flow2seg_ros.models import HEADS
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.weights import load_model, save_model
-
-HEADS = ('fused', 'image', 'flow')
 
 
 @pytest.fixture(scope='module')
