@@ -70,3 +70,16 @@ def test_bad_arguments_give_one_line_and_status_2(flowtest: Path, capsys) -> Non
     err = capsys.readouterr().err.strip()
     assert 'nosuch' in err and len(err.splitlines()) == 1
     assert parse_methods('dis/fast, learned') == [('dis', 'fast'), ('learned', '')]
+
+
+def test_pipeline_timing_runs_the_frame_pipeline_with_each_flow(flowtest: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    out = tmp_path / 'bench.json'
+    assert main(['--data', str(flowtest), '--split', 'flowtest', '--methods', 'dis/ultrafast',
+                 '--pipeline', 'bundled', '--pipeline-methods', 'dis/ultrafast,learned',
+                 '--max-pairs', '3', '--json', str(out)]) == 0
+    frames = json.loads(out.read_text())['pipeline']['frames']
+    assert set(frames) == {'dis/ultrafast', 'learned'}
+    for row in frames.values():
+        assert row['time_ms']['n'] == 2 and row['fps_p50'] > 0  # the first pair warms up
+    assert 'pipeline (bundled) with learned' in capsys.readouterr().out
