@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -229,14 +230,19 @@ class OrtRunner:
         arrays = {k: v.detach().to('cpu', torch.float32).contiguous().numpy()
                   for k, v in feeds.items()}
         n = next(iter(arrays.values())).shape[0]
-        if self.batch is None or n == self.batch:
+        b = self.batch
+        if b is None or n == b:
             return torch.from_numpy(sess.run([output], arrays)[0])
-        if self.batch == 1:  # a fixed batch-1 graph: frame by frame
-            return torch.cat([torch.from_numpy(sess.run([output], {k: a[i:i + 1] for k, a in
-                                                                   arrays.items()})[0])
-                              for i in range(n)])
-        raise OnnxModelError(f'ONNX model {self.path} has a fixed batch of {self.batch}, '
-                             f'got {n} frames')
+        # a fixed batch of b: chunks of b frames, the last one padded with copies of its last
+        outs = []
+        for start in range(0, n, b):
+            chunk = {k: a[start:start + b] for k, a in arrays.items()}
+            m = next(iter(chunk.values())).shape[0]
+            if m < b:
+                chunk = {k: np.concatenate([a, np.repeat(a[-1:], b - m, axis=0)])
+                         for k, a in chunk.items()}
+            outs.append(torch.from_numpy(sess.run([output], chunk)[0][:m]))
+        return torch.cat(outs)
 
     def image_logits(self, x: torch.Tensor, *, shared: bool = False) -> torch.Tensor:
         return self._run(self._image_shared if shared else self._image, 'image_logits',

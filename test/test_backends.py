@@ -111,9 +111,15 @@ def test_export_writes_onnx_and_card_that_load_and_match(tmp_path):
                                                     'flow_logits']
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
-    # a fixed batch-2 graph runs frame pairs through the runner
+    # a fixed batch-2 graph takes any number of frames through the runner (padded chunks)
     runner = OrtRunner(out, input_size=(32, 64), num_classes=4, has_flow=True)
+    assert runner.batch == 2
     np.testing.assert_allclose(runner.image_logits(x).numpy(), want[1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(runner.image_logits(x[:1]).numpy(), want[1][:1].numpy(),
+                               atol=1e-4)
+    three = torch.cat([x, x[:1]])
+    np.testing.assert_allclose(runner.image_logits(three).numpy(),
+                               torch.cat([want[1], want[1][:1]]).numpy(), atol=1e-4)
 
 
 def test_export_command_writes_the_file_and_an_image_only_model_exports(tmp_path, capsys):
