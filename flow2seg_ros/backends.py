@@ -21,6 +21,7 @@ weights' digest and the input size. The three parts are cut from that one file b
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ __all__ = ['BACKENDS', 'OnnxModelError', 'TorchRunner', 'OrtRunner', 'default_ca
 log = logging.getLogger(__name__)
 
 BACKENDS = ('auto', 'torch', 'onnxruntime')
+#: What the onnxruntime backend needs: the runtime, and the exporter's packages.
+ONNX_PACKAGES = ('onnxruntime', 'onnx', 'onnxscript')
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,6 +62,9 @@ def _onnxruntime() -> Any:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> ``onnxruntime`` on the CPU, ``torch`` on CUDA; checks the others.
 
+    ``auto`` also falls back to ``torch`` (with a warning) where the ONNX packages
+    (:data:`ONNX_PACKAGES`) are not installed.
+
     Args:
         backend: one of :data:`BACKENDS`.
         device: the pipeline's torch device.
@@ -69,7 +75,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'auto':
-        return 'onnxruntime' if device.type == 'cpu' else 'torch'
+        if device.type != 'cpu':
+            return 'torch'
+        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            log.warning('backend auto: %s not installed, running the network in torch',
+                        ', '.join(missing))
+            return 'torch'
+        return 'onnxruntime'
     if backend == 'onnxruntime' and device.type != 'cpu':
         raise ValueError(f'backend onnxruntime runs on the CPU; device {device} needs backend '
                          f'torch (or auto)')

@@ -248,3 +248,12 @@ def test_auto_overlap_times_both_ways_and_keeps_using_the_faster():
     assert [k + 1 for k, way in enumerate(choices) if not way] == [2, CpuPath.RETRY,
                                                                    2 * CpuPath.RETRY]
     assert CpuPath(pipe.cpu_path.runner, flow_scale=1.0, overlap=None, threads=1).overlap is False
+
+
+def test_auto_falls_back_to_torch_without_the_onnx_packages(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'onnxruntime' else real(name, *a))
+    assert resolve_backend('auto', torch.device('cpu')) == 'torch'
