@@ -2,11 +2,13 @@
 and labels from logits at their native stride.
 
 On the CPU the image path of a frame does not need its flow, so while it runs, a second thread
-computes the flow (OpenCV DIS, or any :class:`~flow2seg_ros.flow.FlowEstimator`) and the flow
-path's logits; the fusion then joins both. Threads are split so that they do not fight over the
-cores: the flow thread uses one (its torch and ONNX Runtime work single-threaded), the image path
-the others (:meth:`~flow2seg_ros.backends.TorchRunner.image_logits` with ``shared=True``), and
-work that runs alone (frames without flow, the fusion) uses all of them.
+computes the flow (OpenCV DIS, or any :class:`~flow2seg_ros.flow.FlowEstimator`) and, while the
+estimator is quicker than the image path, the flow path's logits too (else the flow path runs
+after the image path, on every core); the fusion then joins both. Threads are split so that they
+do not fight over the cores: the flow thread uses one (its torch and ONNX Runtime work
+single-threaded), the image path the others (``image_logits(..., shared=True)``), and work that
+runs alone (frames without flow, the fusion) all of them. Whether to overlap at all is measured
+as frames run (:class:`CpuPath`): on a CPU that other processes keep busy it does not pay.
 
 Labels (:func:`upsampled_labels`): the network's logits are at stride 8; the labels at the
 network's input size are the argmax of their bilinear upsampling. Where the four stride-8 cells
