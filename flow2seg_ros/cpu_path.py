@@ -18,7 +18,9 @@ disagree (about a tenth): the same labels as upsampling everything, for a fracti
 """
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+import statistics
 import time
 from typing import Any, Optional, Sequence
 
@@ -116,14 +118,17 @@ class CpuPath:
             or None = measured as it runs (below).
         threads: CPU threads of the pipeline (0 = torch's setting); no overlap below 2.
 
-    With ``overlap=None`` each way is timed on the first frames with flow, the faster one is
-    kept, and every :attr:`RETRY` frames the other is timed once more (running means of the
-    network step's wall time): on an idle machine the overlap wins by the image path's time, on
-    one whose cores are taken by other work, splitting the threads loses.
+    With ``overlap=None`` each way is timed on the first frames with flow (its first frame, which
+    starts threads and warms caches, is not counted), the one with the lower median of its last
+    :attr:`SAMPLES` timings (the network step's wall time) is kept, and every :attr:`RETRY`
+    frames the other is timed once more: on an idle machine the overlap wins by the image path's
+    time, on one whose cores are taken by other work, splitting the threads loses.
     """
 
     #: With the overlap measured, frames between two timings of the slower way.
     RETRY = 25
+    #: Timings kept per way (the median decides); two are taken before the first decision.
+    SAMPLES = 5
 
     def __init__(self, runner: Any, *, flow_scale: float, overlap: Optional[bool] = None,
                  threads: int = 0) -> None:
@@ -132,7 +137,9 @@ class CpuPath:
         self.threads = threads or torch.get_num_threads()
         self.overlap = overlap if self.threads >= 2 else False
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._mean_ms: dict[bool, Optional[float]] = {True: None, False: None}
+        self._samples: dict[bool, deque[float]] = {way: deque(maxlen=self.SAMPLES)
+                                                   for way in (True, False)}
+        self._warm = {True: False, False: False}
         self._flow_frames = 0
         # running means (ms) that decide where the flow path runs; start in the flow thread
         self._image_ms = 1.0
@@ -152,14 +159,15 @@ class CpuPath:
             return self.overlap
         self._flow_frames += 1
         for way in (True, False):
-            if self._mean_ms[way] is None:
+            if len(self._samples[way]) < 2:
                 return way
-        best = min((True, False), key=lambda way: self._mean_ms[way])
+        best = min((True, False), key=lambda way: statistics.median(self._samples[way]))
         return (not best) if self._flow_frames % self.RETRY == 0 else best
 
     def _measured(self, way: bool, ms: float) -> None:
-        mean = self._mean_ms[way]
-        self._mean_ms[way] = ms if mean is None else 0.7 * mean + 0.3 * ms
+        if self._warm[way]:
+            self._samples[way].append(ms)
+        self._warm[way] = True
 
     def close(self) -> None:
         """Stop the flow thread (a later frame starts it again)."""
