@@ -104,7 +104,12 @@ def labels_from_logits(logits: torch.Tensor, size: Sequence[int]) -> np.ndarray:
 
 
 def _single_thread() -> None:
+    # The flow thread runs torch on one thread, and its first parallel op (when torch sets up a
+    # thread's OpenMP state from the process-wide count) must already see 1: an OpenMP team
+    # started here would make libgomp count more threads than cores and throttle the spin-waits
+    # of every other thread's OpenMP work (measured: torchvision's LRASPP 41 -> 65 ms).
     torch.set_num_threads(1)
+    torch.zeros(1 << 16).add_(1)
 
 
 class CpuPath:

@@ -80,6 +80,9 @@ def test_overlapped_flow_gives_the_same_results_and_times_the_flow_thread():
         if a.flow is not None:
             np.testing.assert_array_equal(a.flow, b.flow)
     assert 'flow_thread' in ovl[-1].timings and 'flow_thread' not in seq[-1].timings
+    # the flow thread runs torch single-threaded; the calling thread keeps its threads
+    assert pipe.cpu_path._flow_pool().submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == 2
     t = ovl[-1].timings
     stages = ('resize', 'flow', 'network', 'argmax', 'resize_back', 'colour')
     assert t['total'] == pytest.approx(sum(t[k] for k in stages))
