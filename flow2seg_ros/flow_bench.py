@@ -161,32 +161,38 @@ def run_benchmark(data: str | Path, split: str, methods: Sequence[tuple[str, str
 
 
 def time_pipelines(data: str | Path, split: str, methods: Sequence[tuple[str, str]], *,
-                   weights: Optional[str] = None, device: str = 'cpu',
+                   weights: Sequence[Optional[str]] = (None,), device: str = 'cpu',
                    learned_weights: Optional[str] = None, max_pairs: int = 0
                    ) -> dict[str, Any]:
-    """Time the node's frame pipeline with each flow method on the split's pairs.
+    """Time the node's frame pipeline of each model with each flow method on the split's
+    pairs, all in turn on every pair.
 
     Args:
         data: dataset root.
         split: split with frame pairs.
         methods: (method, preset) flow of each pipeline.
-        weights: the model (None = the bundled one).
+        weights: the models (None = the bundled one).
         device: the pipelines' device.
         learned_weights: weights of a ``learned`` flow (None = the preset's/bundled).
         max_pairs: pairs to use (0 = all).
 
     Returns:
-        ``{label: {'time_ms': percentiles, 'fps_p50': ...}}`` plus the model's card flow.
+        ``{'frames': {label: {'time_ms': percentiles, 'fps_p50': ...}}, ...}``; a label is the
+        method, prefixed by ``<model>:`` when several models are timed.
     """
     pairs = FlowPairs(data, split)
     pipes = {}
-    for method, preset in methods:
-        fw = learned_weights if method == 'learned' else None
-        # An empty preset would fall back to the card's (another method's) preset.
-        explicit = preset or (BUNDLED_FLOW_WEIGHTS if method == 'learned' else preset)
-        pipes[_label(method, preset)] = FramePipeline(PipelineConfig(
-            weights=weights, device=device, flow_method=method, flow_preset=explicit,
-            flow_weights=fw))
+    for model in weights:
+        for method, preset in methods:
+            fw = learned_weights if method == 'learned' else None
+            # An empty preset would fall back to the card's (another method's) preset.
+            explicit = preset or (BUNDLED_FLOW_WEIGHTS if method == 'learned' else preset)
+            label = _label(method, preset)
+            if len(weights) > 1:
+                label = f'{model or "bundled"}:{label}'
+            pipes[label] = FramePipeline(PipelineConfig(
+                weights=model, device=device, flow_method=method, flow_preset=explicit,
+                flow_weights=fw))
     count = len(pairs) if max_pairs <= 0 else min(max_pairs, len(pairs))
     times: dict[str, list[float]] = {k: [] for k in pipes}
     for n, i in enumerate(np.linspace(0, len(pairs) - 1, count).round().astype(int)):
@@ -204,7 +210,8 @@ def time_pipelines(data: str | Path, split: str, methods: Sequence[tuple[str, st
                 raise RuntimeError(f'pipeline {name} reset at a second frame: {res.reset_reason}')
             if n > 0:  # the first pair warms up (ONNX export, allocations)
                 times[name].append(ms)
-    out: dict[str, Any] = {'weights': weights or 'bundled', 'device': device, 'frames': {}}
+    out: dict[str, Any] = {'weights': [w or 'bundled' for w in weights], 'device': device,
+                           'frames': {}}
     for name, ts in times.items():
         pct = percentiles(ts)
         out['frames'][name] = {'time_ms': pct, 'fps_p50': round(1000.0 / pct['p50'], 2)
@@ -251,7 +258,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-pairs', type=int, default=0, help='pairs to use (0 = all)')
     p.add_argument('--json', default=None, help='write the report here')
     p.add_argument('--pipeline', default=None,
-                   help="also time the frame pipeline of this model ('bundled' or a file)")
+                   help='also time the frame pipeline of these models (comma-separated; '
+                        '"bundled" or a file)')
     p.add_argument('--pipeline-methods', default='dis/medium,learned',
                    help='flow methods of the timed pipelines')
     return p
@@ -274,11 +282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.pipeline:
             report['pipeline'] = time_pipelines(
                 args.data, args.split, parse_methods(args.pipeline_methods),
-                weights=None if args.pipeline == 'bundled' else args.pipeline,
+                weights=[None if w == 'bundled' else w for w in args.pipeline.split(',')],
                 device=args.device, learned_weights=args.learned_weights,
                 max_pairs=args.max_pairs)
             for name, row in report['pipeline']['frames'].items():
-                print(f"pipeline ({report['pipeline']['weights']}) with {name:<14} "
+                print(f'pipeline with {name:<14} '
                       f"{row['time_ms']['p50']:.2f} ms/frame p50 ({row['fps_p50']} fps), "
                       f"p90 {row['time_ms']['p90']:.2f} ms")
         if args.json:

@@ -82,4 +82,4 @@ def test_pipeline_timing_runs_the_frame_pipeline_with_each_flow(flowtest: Path, 
     assert set(frames) == {'dis/ultrafast', 'learned'}
     for row in frames.values():
         assert row['time_ms']['n'] == 2 and row['fps_p50'] > 0  # the first pair warms up
-    assert 'pipeline (bundled) with learned' in capsys.readouterr().out
+    assert 'pipeline with learned' in capsys.readouterr().out
