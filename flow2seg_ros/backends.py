@@ -150,7 +150,9 @@ class OrtRunner:
     Sessions: the image path and the flow path each with all threads (when they run alone) and
     with fewer (the image path with one thread fewer while the flow thread works, the flow path
     with one thread in the flow thread), the fusion with all threads. Idle session threads
-    sleep instead of spinning, so they do not take the core the flow needs.
+    sleep instead of spinning: spinning ones take the cores from the flow thread and from any
+    torch work in the process (measured with them spinning: torchvision's LRASPP beside the
+    pipeline 40 ms -> 1.5 s, the pipeline itself slower too).
 
     Args:
         path: the ``.onnx`` file.
