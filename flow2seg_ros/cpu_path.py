@@ -73,14 +73,15 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     right = np.minimum(np.arange(w) + 1, w - 1)
     agree = (native == native[:, right]) & (native == native[down]) & \
         (native == native[down][:, right])
-    labels = native[y0][:, x0]
+    labels = np.ascontiguousarray(native[y0][:, x0])  # reshaped below as a view
     mixed = ~agree[y0][:, x0]
     cells = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)  # (h, w, C)
     if c <= 512:  # OpenCV's channel limit
         up = cv2.resize(cells, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     else:
         up = full_size(torch.from_numpy(logits)[None], size)[0].permute(1, 2, 0).numpy()
-    labels[mixed] = up.reshape(out_h, out_w, c)[mixed].argmax(1)
+    where = np.flatnonzero(mixed)
+    labels.reshape(-1)[where] = up.reshape(-1, c)[where].argmax(1)
     return labels
 
 
