@@ -289,7 +289,12 @@ def cached_onnx(model: nn.Module, card: dict[str, Any], input_size: Sequence[int
     path = folder / f'flow2seg_{digest[:16]}_{w}x{h}.onnx'
     if not (path.is_file() and onnx_card_path(path).is_file()):
         log.info('building the ONNX model %s (once for these weights and size)', path)
-        export_onnx(model, card, path, input_size=(h, w), dynamic_batch=True, digest=digest)
+        try:
+            export_onnx(model, card, path, input_size=(h, w), dynamic_batch=True, digest=digest)
+        except OSError as exc:
+            raise OnnxModelError(f'cannot write the ONNX model cache {folder} ({exc}); set '
+                                 f'FLOW2SEG_CACHE to a writable folder, or export with '
+                                 f'flow2seg-export and give the file') from exc
     return path
 
 

@@ -260,3 +260,12 @@ def test_auto_falls_back_to_torch_without_the_onnx_packages(monkeypatch):
     monkeypatch.setattr(importlib.util, 'find_spec',
                         lambda name, *a: None if name == 'onnxruntime' else real(name, *a))
     assert resolve_backend('auto', torch.device('cpu')) == 'torch'
+
+
+def test_an_unwritable_cache_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    monkeypatch.setenv('FLOW2SEG_CACHE', str(blocker / 'cache'))
+    model, card = make_tiny_model(seed=11)
+    with pytest.raises(OnnxModelError, match='cannot write the ONNX model cache.*FLOW2SEG_CACHE'):
+        FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime'), model=model, card=card)
