@@ -66,6 +66,7 @@ class SharedModelFactory:
     def __init__(self) -> None:
         self.model: Optional[torch.nn.Module] = None
         self.card: Optional[Dict[str, Any]] = None
+        self.runner: Any = None  # the CPU backend (an ONNX Runtime session), shared likewise
 
     def __call__(self, values: Dict[str, Any]) -> FramePipeline:
         config = pipeline_config(values)
@@ -73,7 +74,10 @@ class SharedModelFactory:
             config.validate()
             self.model, self.card = load_model(config.weights,
                                                device=str(resolve_device(config.device)))
-        return FramePipeline(config, model=self.model, card=self.card)
+        pipeline = FramePipeline(config, model=self.model, card=self.card, runner=self.runner)
+        if pipeline.cpu_path is not None:
+            self.runner = pipeline.cpu_path.runner
+        return pipeline
 
 
 class _Camera:

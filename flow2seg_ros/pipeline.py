@@ -54,7 +54,7 @@ from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
 from flow2seg_ros.weights import load_model
 
 __all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'PreparedFrame',
-           'FramePipeline', 'infer_batch']
+           'FramePipeline', 'card_flow', 'infer_batch']
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ class PipelineConfig:
             raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')
         if not self.max_gap_s > 0:
             raise ValueError(f'max frame gap must be > 0 s, got {self.max_gap_s}')
+
+
+def card_flow(card: dict[str, Any], device: torch.device) -> tuple[str, str]:
+    """The flow method and preset a model card names for a device.
+
+    A card's ``flow`` gives the method the model runs with; a model trained on several flows may
+    name another for GPUs under ``flow.cuda`` (the bundled model: DIS medium on the CPU, the
+    learned flow, which runs on the device, on CUDA).
+    """
+    flow = card.get('flow', {})
+    if device.type == 'cuda' and isinstance(flow.get('cuda'), dict):
+        flow = flow['cuda']
+    return str(flow.get('method', 'dis')), str(flow.get('preset', 'ultrafast'))
 
 
 @dataclass
@@ -214,11 +227,13 @@ class FramePipeline:
         model: an already built model (tests); with ``card``, skips loading weights.
         card: the model card that goes with ``model``.
         flow_estimator: an already built flow estimator (tests, benchmarks).
+        runner: the CPU backend runner of another pipeline around the same model and network
+            size (cameras of one node share it, so the model is in memory once).
     """
 
     def __init__(self, config: Optional[PipelineConfig] = None, *,
                  model: Optional[torch.nn.Module] = None, card: Optional[dict[str, Any]] = None,
-                 flow_estimator: Optional[FlowEstimator] = None) -> None:
+                 flow_estimator: Optional[FlowEstimator] = None, runner: Any = None) -> None:
         self.config = config = config or PipelineConfig()
         config.validate()
         if config.threads:
@@ -253,8 +268,9 @@ class FramePipeline:
         self.flow_scale = float(flow_card.get('scale', 1.0))
         self.has_flow_path = bool(getattr(self.model, 'has_flow', True))
         if flow_estimator is None and self.has_flow_path:
-            method = config.flow_method or flow_card.get('method', 'dis')
-            preset = config.flow_preset or flow_card.get('preset', 'ultrafast')
+            card_method, card_preset = card_flow(card, self.device)
+            method = config.flow_method or card_method
+            preset = config.flow_preset or card_preset
             flow_estimator = make_flow_estimator(method, preset, device=str(self.device),
                                                  weights=config.flow_weights)
         self.flow_estimator = flow_estimator
@@ -262,9 +278,9 @@ class FramePipeline:
         self.backend = resolve_backend(config.backend, self.device)
         self.cpu_path: Optional[CpuPath] = None
         if self.device.type == 'cpu':
-            runner = make_runner(self.backend, self.model, card, device=self.device,
-                                 input_size=self.input_size, threads=config.threads,
-                                 onnx_path=config.onnx)
+            runner = runner or make_runner(self.backend, self.model, card, device=self.device,
+                                           input_size=self.input_size, threads=config.threads,
+                                           onnx_path=config.onnx)
             self.cpu_path = CpuPath(runner, flow_scale=self.flow_scale,
                                     overlap=config.overlap_flow, threads=config.threads)
         self._prev: Optional[_Frame] = None

@@ -203,11 +203,14 @@ def test_a_flooding_camera_does_not_hold_up_a_slow_one(harness):
         f'{1e3 * latency_alone:.0f} ms alone'
 
 
-def test_shared_model_factory_loads_one_model(tiny_model_file):
-    values = dict(DEFAULTS, model_path=str(tiny_model_file), device='cpu', backend='torch')
+@pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
+def test_shared_model_factory_loads_one_model(tiny_model_file, backend):
+    values = dict(DEFAULTS, model_path=str(tiny_model_file), device='cpu', backend=backend)
     factory = SharedModelFactory()
     first, second = factory(values), factory(values)
     assert first is not second and first.model is second.model
+    # one backend runner (for ONNX Runtime, one session holding the weights) for every camera
+    assert first.cpu_path.runner is second.cpu_path.runner
     first.process(frame(1, 48, 64), 1.0, outputs=())
     assert second.process(frame(2, 48, 64), 1.05, outputs=()).reset_reason == 'first'
     ref = weakref.ref(factory.model)

@@ -1,4 +1,6 @@
 """The frame pipeline over short synthetic sequences: outputs, flow state and its resets."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,8 @@ import torch
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.flow import DISFlow
 from flow2seg_ros.models import build_model
-from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.pipeline import card_flow, FramePipeline, PipelineConfig
+from flow2seg_ros.weights import bundled_model_path, card_path
 
 CLASSES = ClassSet(('ground', 'thing', 'sky'), ((10, 10, 10), (200, 0, 0), (0, 0, 255)))
 NET = (64, 96)  # network input (H, W)
@@ -180,3 +183,16 @@ def test_a_batch_refuses_mixed_sizes_and_foreign_models():
     c.model = a.model
     with pytest.raises(ValueError, match='network size'):
         a.infer([fa, c.prepare(frames(1)[0], 0.0)])
+
+
+def test_the_card_names_the_flow_per_device():
+    card = {'flow': {'method': 'dis', 'preset': 'medium', 'scale': 32.0,
+                     'cuda': {'method': 'learned', 'preset': 'flowlite_synthetic'}}}
+    assert card_flow(card, torch.device('cpu')) == ('dis', 'medium')
+    assert card_flow(card, torch.device('cuda', 0)) == ('learned', 'flowlite_synthetic')
+    plain = {'flow': {'method': 'farneback', 'preset': '', 'scale': 1.0}}
+    assert card_flow(plain, torch.device('cuda')) == ('farneback', '')
+    # the bundled model: trained on both flows, DIS medium on the CPU and learned on CUDA
+    bundled = json.loads(card_path(bundled_model_path()).read_text())
+    assert card_flow(bundled, torch.device('cpu')) == ('dis', 'medium')
+    assert card_flow(bundled, torch.device('cuda'))[0] == 'learned'
