@@ -51,7 +51,7 @@ from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
 from flow2seg_ros.models import HEADS
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
-from flow2seg_ros.weights import load_model
+from flow2seg_ros.weights import IMAGENET_MEAN, IMAGENET_STD, load_model
 
 __all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'PreparedFrame',
            'FramePipeline', 'card_flow', 'infer_batch']
@@ -259,8 +259,8 @@ class FramePipeline:
                              'gives one')
         self.input_size = (int(size[0]), int(size[1]))  # (H, W)
         norm = card.get('normalization', {})
-        mean = norm.get('mean', [0.485, 0.456, 0.406])
-        std = norm.get('std', [0.229, 0.224, 0.225])
+        mean = norm.get('mean', IMAGENET_MEAN)
+        std = norm.get('std', IMAGENET_STD)
         # Fold /255, mean and std into one multiply-add on the device.
         self._scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)

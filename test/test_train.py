@@ -123,7 +123,7 @@ def test_training_lowers_loss_and_writes_model_card(tmp_path, data_root):
     model, card = load_model(run / 'model.safetensors')
     assert card['preset'] == 'lite' and card['input_size'] == [64, 128]
     assert card['flow'] == {'method': 'dis', 'preset': 'ultrafast', 'scale': 32.0}
-    assert card['normalization']['mean'] == config.IMAGENET_MEAN
+    assert card['normalization']['mean'] == list(config.IMAGENET_MEAN)
     assert card['training']['steps'] == 24 and card['training']['config']['seed'] == 0
     assert card['training']['loss'] == {'alpha': 0.5, 'beta': 0.4}
     assert 'fused' in card['metrics'] and 0.0 <= card['metrics']['fused']['miou'] <= 1.0

@@ -24,7 +24,7 @@ import torch
 from flow2seg_ros.classes import cityscapes_classes, ClassSet
 
 __all__ = ['DatasetError', 'PairTransform', 'SequenceDataset', 'SequencePairDataset',
-           'SequenceRecord', 'read_label', 'read_rgb']
+           'SequenceRecord', 'check_augmentation', 'read_label', 'read_rgb']
 
 _LABEL_SUFFIX = '_gtFine_labelIds.png'
 _IMAGE_SUFFIX = '_leftImg8bit.png'
@@ -269,6 +269,17 @@ class SequenceDataset:
         return label
 
 
+def check_augmentation(crop_size: Sequence[int], scale_range: Sequence[float],
+                       color_jitter: float) -> None:
+    """Raise ValueError naming the first bad augmentation setting (every pair transform's)."""
+    if len(crop_size) != 2 or min(crop_size) < 1:
+        raise ValueError(f'crop_size must be (height, width) > 0, got {crop_size!r}')
+    if not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(f'scale_range must be 0 < min <= max, got {scale_range!r}')
+    if color_jitter < 0:
+        raise ValueError(f'color_jitter must be >= 0, got {color_jitter}')
+
+
 class PairTransform:
     """Training augmentation of a frame pair and its label.
 
@@ -291,12 +302,7 @@ class PairTransform:
                  scale_range: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
                  color_jitter: float = 0.3, ignore_index: int = 255,
                  generator: Optional[torch.Generator] = None) -> None:
-        if len(crop_size) != 2 or min(crop_size) < 1:
-            raise ValueError(f'crop_size must be (height, width) > 0, got {crop_size!r}')
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f'scale_range must be 0 < min <= max, got {scale_range!r}')
-        if color_jitter < 0:
-            raise ValueError(f'color_jitter must be >= 0, got {color_jitter}')
+        check_augmentation(crop_size, scale_range, color_jitter)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip = hflip

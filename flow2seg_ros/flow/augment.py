@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from flow2seg_ros.data.cityscapes import _jitter
+from flow2seg_ros.data.cityscapes import _jitter, check_augmentation
 
 __all__ = ['FlowPairTransform', 'random_warp_pair']
 
@@ -46,12 +46,7 @@ class FlowPairTransform:
     def __init__(self, crop_size: tuple[int, int], *,
                  scale_range: tuple[float, float] = (1.0, 1.0), hflip: bool = True,
                  color_jitter: float = 0.0, generator: Optional[torch.Generator] = None) -> None:
-        if len(crop_size) != 2 or min(crop_size) < 1:
-            raise ValueError(f'crop_size must be (height, width) > 0, got {crop_size!r}')
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f'scale_range must be 0 < min <= max, got {scale_range!r}')
-        if color_jitter < 0:
-            raise ValueError(f'color_jitter must be >= 0, got {color_jitter}')
+        check_augmentation(crop_size, scale_range, color_jitter)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip = hflip

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
-import yaml
 
 from flow2seg_ros.data.cityscapes import DatasetError, read_rgb
 from flow2seg_ros.data.flow_pairs import FlowPairs
@@ -34,7 +33,7 @@ from flow2seg_ros.flow.augment import FlowPairTransform, random_warp_pair
 from flow2seg_ros.flow.errors import FlowErrors
 from flow2seg_ros.flow.learned import FlowLiteNet, load_flow_model, save_flow_model
 from flow2seg_ros.training.checkpoint import load_checkpoint, save_checkpoint
-from flow2seg_ros.training.config import ConfigError
+from flow2seg_ros.training.config import ConfigError, read_config_file
 from flow2seg_ros.training.model import poly_lambda
 
 __all__ = ['FlowTrainConfig', 'FlowTrainSet', 'load_flow_config',
@@ -113,15 +112,7 @@ def load_flow_config(path: Optional[str | os.PathLike],
     layers: list[tuple[str, dict]] = []
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'flow training config not found: {path}')
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f'{path}: not valid YAML: {exc}') from exc
-        if not isinstance(doc, dict):
-            raise ConfigError(f'{path}: expected a mapping of keys to values')
-        layers.append((str(path), doc))
+        layers.append((str(path), read_config_file(path, 'flow training config')))
     layers.append(('command line', dict(overrides or {})))
     for source, doc in layers:
         for key, value in doc.items():

@@ -14,12 +14,10 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from flow2seg_ros.classes import cityscapes_classes, ClassSet, load_class_set
+from flow2seg_ros.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['ConfigError', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TrainConfig', 'geometric_free',
-           'load_classes', 'load_config', 'parse_overrides']
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+           'load_classes', 'load_config', 'parse_overrides', 'read_config_file']
 
 
 class ConfigError(ValueError):
@@ -199,6 +197,27 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def read_config_file(path: Path, what: str) -> dict[str, Any]:
+    """A YAML config file as a mapping (every training command's configs are read this way).
+
+    Args:
+        path: the file.
+        what: what it is, for the message (``training config``, ``flow training config``).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or not a mapping; the message names the file.
+    """
+    if not path.is_file():
+        raise ConfigError(f'{what} not found: {path}')
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f'{path}: not valid YAML: {exc}') from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f'{path}: expected a mapping of keys to values')
+    return doc
+
+
 def load_config(path: str | os.PathLike | None,
                 overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
     """Read a YAML training config and apply command-line overrides.
@@ -216,15 +235,7 @@ def load_config(path: str | os.PathLike | None,
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f'training config not found: {path}')
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f'{path}: not valid YAML: {exc}') from exc
-        if not isinstance(doc, dict):
-            raise ConfigError(f'{path}: expected a mapping of keys to values')
-        _apply(cfg, doc, source)
+        _apply(cfg, read_config_file(path, 'training config'), source)
     if overrides:
         _apply(cfg, overrides, 'command line')
         source = f'{source} + command line'
