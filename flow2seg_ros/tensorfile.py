@@ -9,12 +9,13 @@ import json
 import os
 from pathlib import Path
 import struct
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from safetensors.torch import load_file, save_file
 import torch
 
-__all__ = ['WeightsError', 'read_safetensors', 'write_safetensors']
+__all__ = ['WeightsError', 'card_path', 'read_safetensors', 'read_with_card',
+           'write_safetensors', 'write_with_card']
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -92,3 +93,62 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], *,
     tmp = path.with_name(path.name + '.tmp')
     save_file(state, str(tmp), metadata=dict(metadata) if metadata else None)
     os.replace(tmp, path)
+
+
+def card_path(path: PathLike) -> Path:
+    """The JSON card beside a weights file: same stem, ``.json``.
+
+    Args:
+        path: the ``.safetensors`` weights file.
+    """
+    return Path(path).with_suffix('.json')
+
+
+def read_with_card(path: PathLike, *, what: str = 'weights',
+                   card_what: str = 'model card') -> tuple[dict[str, torch.Tensor], Any, Path]:
+    """The tensors of a weights file and the parsed JSON card beside it (every weights loader's
+    first step: the segmentation model's and the learned flow's).
+
+    Args:
+        path: the ``.safetensors`` file.
+        what: what the file is, for messages (``weights``, ``flow weights``).
+        card_what: what the card is, for messages.
+
+    Returns:
+        ``(tensors, card, card path)``; the card is whatever the JSON holds (the caller checks it).
+
+    Raises:
+        WeightsError: a missing, pickled or corrupt weights file, a missing card or one that is
+            not JSON; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'{what} file not found: {path}')
+    state = read_safetensors(path)
+    cpath = card_path(path)
+    if not cpath.is_file():
+        raise WeightsError(f'{card_what} not found: {cpath} (it belongs beside {path})')
+    try:
+        card = json.loads(cpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f'{card_what} {cpath} is not valid JSON: {exc}') from exc
+    return state, card, cpath
+
+
+def write_with_card(path: PathLike, tensors: Mapping[str, torch.Tensor], card: Mapping[str, Any],
+                    *, metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write tensors and their JSON card beside them, each atomically.
+
+    Raises:
+        WeightsError: the card is not JSON-serialisable (nothing is written then).
+    """
+    path = Path(path)
+    try:
+        text = json.dumps(card, indent=2)
+    except TypeError as exc:
+        raise WeightsError(f'card for {path} is not JSON-serialisable: {exc}') from exc
+    write_safetensors(path, tensors, metadata=metadata)
+    cpath = card_path(path)
+    tmp = cpath.with_name(cpath.name + '.tmp')
+    tmp.write_text(text + '\n')
+    os.replace(tmp, cpath)

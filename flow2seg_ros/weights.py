@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -18,7 +17,8 @@ from torch import nn
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.models import build_model
-from flow2seg_ros.tensorfile import read_safetensors, WeightsError, write_safetensors
+from flow2seg_ros.tensorfile import (
+    card_path, read_safetensors, read_with_card, WeightsError, write_with_card)
 
 __all__ = [
     'CARD_FORMAT',
@@ -49,15 +49,6 @@ PathLike = Union[str, os.PathLike]
 def bundled_model_path() -> Path:
     """Path of the bundled default model (``flow2seg_ros/bundled/flow2seg_lite_synthetic``)."""
     return Path(__file__).resolve().parent / 'bundled' / 'flow2seg_lite_synthetic.safetensors'
-
-
-def card_path(path: PathLike) -> Path:
-    """The model card beside a weights file: same stem, ``.json``.
-
-    Args:
-        path: the ``.safetensors`` weights file.
-    """
-    return Path(path).with_suffix('.json')
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -201,15 +192,8 @@ def save_model(model: nn.Module, path: PathLike, card: dict[str, Any]) -> dict[s
     if num_classes is not None and classes.num_classes != num_classes:
         raise WeightsError(f'card for {path}: {classes.num_classes} classes but the model '
                            f'predicts {num_classes}')
-    try:
-        card_text = json.dumps(card, indent=2)
-    except TypeError as exc:
-        raise WeightsError(f'card for {path} is not JSON-serialisable: {exc}') from exc
-    write_safetensors(path, model.state_dict(),
-                      metadata={'format': CARD_FORMAT, 'preset': str(card['preset'])})
-    tmp_card = card_path(path).with_name(card_path(path).name + '.tmp')
-    tmp_card.write_text(card_text + '\n')
-    os.replace(tmp_card, card_path(path))
+    write_with_card(path, model.state_dict(), card,
+                    metadata={'format': CARD_FORMAT, 'preset': str(card['preset'])})
     return card
 
 
@@ -235,17 +219,7 @@ def load_model(path: Optional[PathLike] = None, *,
             raise WeightsError(f'the bundled model is missing: {path}; train it with '
                                '`flow2seg-train --config config/train_synthetic.yaml` or pass '
                                'the path of a model')
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f'weights file not found: {path}')
-    state = read_safetensors(path)
-    cpath = card_path(path)
-    if not cpath.is_file():
-        raise WeightsError(f'model card not found: {cpath} (it belongs beside {path})')
-    try:
-        card = json.loads(cpath.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f'model card {cpath} is not valid JSON: {exc}') from exc
+    state, card, cpath = read_with_card(path)
     classes = _validate_card(card, cpath)
     try:
         model = build_model(card['preset'], num_classes=classes.num_classes,

@@ -23,7 +23,6 @@ Weights are a safetensors file with a JSON card beside it (``<name>.json``), for
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -34,7 +33,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from flow2seg_ros.flow.base import FlowEstimator
-from flow2seg_ros.tensorfile import read_safetensors, WeightsError, write_safetensors
+from flow2seg_ros.tensorfile import read_with_card, WeightsError, write_with_card
 
 __all__ = ['ARCHITECTURE', 'BUNDLED_FLOW_WEIGHTS', 'FLOW_CARD_FORMAT', 'FlowLiteNet',
            'LearnedFlow', 'bundled_flow_weights_path', 'correlation', 'correlation_shifted',
@@ -290,10 +289,6 @@ class FlowLiteNet(nn.Module):
         return self.predictions(prev, cur)[-1]
 
 
-def _card_path(path: Path) -> Path:
-    return path.with_suffix('.json')
-
-
 def save_flow_model(model: FlowLiteNet, path: PathLike, *,
                     training: Optional[dict[str, Any]] = None,
                     metrics: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -311,12 +306,8 @@ def save_flow_model(model: FlowLiteNet, path: PathLike, *,
     card = {'format': FLOW_CARD_FORMAT, 'architecture': ARCHITECTURE,
             'model_kwargs': dict(model.model_kwargs), 'training': dict(training or {}),
             'metrics': dict(metrics or {})}
-    text = json.dumps(card, indent=2)
-    write_safetensors(path, model.state_dict(),
-                      metadata={'format': FLOW_CARD_FORMAT, 'architecture': ARCHITECTURE})
-    tmp = _card_path(path).with_name(_card_path(path).name + '.tmp')
-    tmp.write_text(text + '\n')
-    os.replace(tmp, _card_path(path))
+    write_with_card(path, model.state_dict(), card,
+                    metadata={'format': FLOW_CARD_FORMAT, 'architecture': ARCHITECTURE})
     return card
 
 
@@ -332,16 +323,8 @@ def load_flow_model(path: Optional[PathLike] = None, *,
             tensors that do not match the card; the message names the file.
     """
     path = Path(path) if path else bundled_flow_weights_path()
-    if not path.is_file():
-        raise WeightsError(f'flow weights file not found: {path}')
-    state = read_safetensors(path)
-    cpath = _card_path(path)
-    if not cpath.is_file():
-        raise WeightsError(f'flow weights card not found: {cpath} (it belongs beside {path})')
-    try:
-        card = json.loads(cpath.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f'flow weights card {cpath} is not valid JSON: {exc}') from exc
+    state, card, cpath = read_with_card(path, what='flow weights',
+                                        card_what='flow weights card')
     if not isinstance(card, dict) or card.get('format') != FLOW_CARD_FORMAT:
         raise WeightsError(f'{cpath} is not a flow weights card (format should be '
                            f'{FLOW_CARD_FORMAT!r})')
