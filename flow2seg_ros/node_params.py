@@ -29,6 +29,7 @@ DEFAULTS: Dict[str, Any] = {
     'device': 'auto',
     'backend': 'auto',
     'precision': 'fp32',
+    'cuda_graphs': True,
     'network_image_width': 0,
     'network_image_height': 0,
     'flow_method': '',
@@ -55,6 +56,8 @@ DESCRIPTIONS = {
     'backend': 'Who runs the network on the CPU: auto (onnxruntime where installed), torch '
                'or onnxruntime.',
     'precision': f"{', '.join(PRECISIONS)} (all but fp32 on CUDA only).",
+    'cuda_graphs': 'On CUDA, replay each frame size as CUDA graphs (captured at the first frame '
+                   'of a size, again after a resolution change); false = eager.',
     'network_image_width': "Network input width in pixels; 0 = the model card's.",
     'network_image_height': "Network input height in pixels; 0 = the model card's.",
     'flow_method': f"Optical flow: {', '.join(FLOW_METHODS)}; '' = the card's.",
@@ -224,6 +227,7 @@ def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
         device=values['device'],
         backend=values['backend'],
         precision=values['precision'],
+        cuda_graphs=bool(values['cuda_graphs']),
         input_size=(height, width) if width and height else None,
         flow_method=values['flow_method'] or None,
         flow_preset=values['flow_preset'] or None,

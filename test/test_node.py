@@ -386,3 +386,14 @@ def test_runtime_parameter_changes(harness):
     assert set_('publish_overlay', False).successful
     assert node.wanted_outputs() == ()
     assert set_('diagnostics_period_s', 0.5).successful
+
+
+def test_pipeline_settings_reach_the_pipeline():
+    # every pipeline setting the node exposes arrives in the PipelineConfig it builds
+    from flow2seg_ros.node import DEFAULTS
+
+    config = pipeline_config(dict(DEFAULTS, cuda_graphs=False, backend='torch', precision='bf16',
+                                  network_image_width=320, network_image_height=160))
+    assert config.cuda_graphs is False and config.backend == 'torch'
+    assert config.precision == 'bf16' and config.input_size == (160, 320)
+    assert pipeline_config(dict(DEFAULTS)).cuda_graphs is True
