@@ -83,8 +83,12 @@ class NodeHarness:
             return self.pipelines[name]
 
         overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
-        self.node = node_class(context=ctx, parameter_overrides=overrides,
-                               pipeline_factory=factory if recording else None)
+        self._connect(ctx, node_class(context=ctx, parameter_overrides=overrides,
+                                      pipeline_factory=factory if recording else None))
+
+    def _connect(self, ctx, node):
+        """Spin the node under test and a tester node in one executor."""
+        self.node = node
         self.tester = Node('tester', context=ctx)
         self.executor = SingleThreadedExecutor(context=ctx)
         self.executor.add_node(self.node)

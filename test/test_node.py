@@ -8,10 +8,9 @@ from types import SimpleNamespace
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
+from node_helpers import frame, NodeHarness
 import numpy as np
 import pytest
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -48,8 +47,9 @@ class SpyPipeline:
         return result
 
 
-class Harness:
-    """The node under test, a tester node and a SingleThreadedExecutor spinning both."""
+class Harness(NodeHarness):
+    """The plain node with a pipeline that records every process() call, a tester node and a
+    SingleThreadedExecutor spinning both."""
 
     def __init__(self, ctx, tiny_model, params=None, delay_s=0.0, cli_args=None):
         model, card = tiny_model
@@ -61,31 +61,8 @@ class Harness:
             return self.spy
 
         overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
-        self.node = Flow2SegNode(context=ctx, parameter_overrides=overrides,
-                                 pipeline_factory=factory, cli_args=cli_args)
-        self.tester = Node('tester', context=ctx)
-        self.executor = SingleThreadedExecutor(context=ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.tester)
-        self.received = {}
-
-    def subscribe(self, topic, msg_type=Image, qos=RELIABLE):
-        box = self.received.setdefault(topic, [])
-        self.tester.create_subscription(msg_type, topic, box.append, qos)
-        return box
-
-    def spin_until(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            self.executor.spin_once(timeout_sec=0.02)
-        pytest.fail(f'timed out after {timeout} s waiting for {what}')
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.tester.destroy_node()
+        self._connect(ctx, Flow2SegNode(context=ctx, parameter_overrides=overrides,
+                                        pipeline_factory=factory, cli_args=cli_args))
 
 
 @pytest.fixture
@@ -102,10 +79,7 @@ def harness(context, tiny_model):
 
 
 def _frame(seed, h=H, w=W):
-    """A smooth random RGB frame (blocks, so the tiny model sees structure)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return frame(seed, h, w)
 
 
 def _image(rgb, stamp, encoding='rgb8', frame_id='cam'):
