@@ -73,7 +73,7 @@ class PipelineConfig:
             falls back to fp32 on the CPU).
         input_size: network input (height, width); None = the model card's.
         flow_method: flow estimator; None = the model card's (what the model was trained with).
-        flow_preset: its preset; None = the model card's.
+        flow_preset: its preset; None = the card's (for another method: that method's default).
         flow_weights: RAFT weights file (None = torch hub cache).
         overlay_alpha: weight of the colour mask in the overlay, 0..1.
         max_gap_s: a longer gap between two frames' stamps resets the flow state.
@@ -270,7 +270,7 @@ class FramePipeline:
         if flow_estimator is None and self.has_flow_path:
             card_method, card_preset = card_flow(card, self.device)
             method = config.flow_method or card_method
-            preset = config.flow_preset or card_preset
+            preset = config.flow_preset or (card_preset if method == card_method else '')
             flow_estimator = make_flow_estimator(method, preset, device=str(self.device),
                                                  weights=config.flow_weights)
         self.flow_estimator = flow_estimator
