@@ -13,8 +13,10 @@ Shapes: frames are (H, W, 3) uint8 as they come from the camera; network-side im
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 __all__ = ['frame_to_nchw', 'resize_to_network', 'normalise', 'nearest_indices',
            'resize_nearest', 'resize_linear_u8', 'colorize', 'blend', 'full_size',
            'labels_and_confidence',
-           'fast_atan2_deg', 'flow_picture', 'round_half_up']
+           'fast_atan2_deg', 'flow_picture', 'round_half_up', 'cast_model']
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +48,35 @@ def frame_to_nchw(frame: torch.Tensor, *, bgr: bool = False) -> torch.Tensor:
     return x.float()
 
 
+_AXES: dict[tuple[int, int, str], tuple[torch.Tensor, ...]] = {}
+
+
+def _axis(src: int, dst: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    # source pixels and weights of OpenCV's INTER_LINEAR along one axis (pixel centres, edges
+    # clamped), made on the host once per size and device (before any graph capture: the
+    # runner's eager warm-up calls come first)
+    key = (src, dst, str(device))
+    if key not in _AXES:
+        pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(pos), src - 1).astype(np.int64)
+        i1 = np.minimum(i0 + 1, src - 1)
+        w1 = (pos - i0).astype(np.float32)
+        _AXES[key] = tuple(torch.from_numpy(a).to(device) for a in (i0, i1, 1 - w1, w1))
+    return _AXES[key]
+
+
 def _linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    # bilinear with pixel-centre alignment and no anti-aliasing: OpenCV's INTER_LINEAR
-    return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
+    # bilinear with pixel-centre alignment and no anti-aliasing: OpenCV's INTER_LINEAR, as
+    # separate gathers, products and sums: each is exactly rounded on any device, so the CPU and
+    # CUDA give the same bits (one fused interpolation kernel contracts to FMAs on CUDA, which
+    # moves a few values across a rounding boundary)
+    for dim, (src, dst) in ((3, (x.shape[3], int(size[1]))), (2, (x.shape[2], int(size[0])))):
+        if src != dst:
+            i0, i1, w0, w1 = _axis(src, dst, x.device)
+            if dim == 2:
+                w0, w1 = w0.view(-1, 1), w1.view(-1, 1)
+            x = x.index_select(dim, i0) * w0 + x.index_select(dim, i1) * w1
+    return x
 
 
 def resize_to_network(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -207,15 +235,28 @@ def fast_atan2_deg(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(y < 0, 360.0 - a, a)
 
 
-# OpenCV's HSV -> RGB sector table: which of (v, p, q, t) is blue, green, red in each sector
-_SECTORS = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))
+_HSV_TABLES: dict[str, torch.Tensor] = {}
+
+
+def _hsv_table(device: torch.device) -> torch.Tensor:
+    # (hue, value) -> RGB at full saturation, from OpenCV's own 8-bit HSV2RGB (whose rounding
+    # differs between OpenCV versions): (256 * 256, 3) uint8, made once per device, before any
+    # graph capture (the runner's eager warm-up calls come first)
+    key = str(device)
+    if key not in _HSV_TABLES:
+        hue, val = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
+        hsv = np.stack([hue, np.full_like(hue, 255), val], -1).astype(np.uint8)
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(-1, 3)
+        _HSV_TABLES[key] = torch.from_numpy(rgb).to(device)
+    return _HSV_TABLES[key]
 
 
 def flow_picture(flow: torch.Tensor, max_magnitude: float) -> torch.Tensor:
     """(2, h, w) flow in pixels -> (h, w, 3) uint8 RGB picture (as :func:`visualize.flow_to_rgb`).
 
     Hue is the direction (half degrees, truncated), saturation full, value the magnitude scaled
-    by ``255 / max_magnitude`` (truncated), converted to RGB as OpenCV's 8-bit HSV2RGB does.
+    by ``255 / max_magnitude`` (truncated), converted to RGB through a table of OpenCV's own
+    8-bit HSV2RGB: the same bits as the CPU path's picture.
 
     Args:
         flow: (2, h, w) float flow (dx, dy).
@@ -223,21 +264,30 @@ def flow_picture(flow: torch.Tensor, max_magnitude: float) -> torch.Tensor:
     """
     fx, fy = flow[0].float(), flow[1].float()
     mag = torch.sqrt(fx * fx + fy * fy)
-    hue = torch.floor(fast_atan2_deg(fy, fx) / 2)
+    hue = torch.floor(fast_atan2_deg(fy, fx) / 2).clamp_(0, 255)
     val = torch.floor((mag * (255.0 / float(max_magnitude))).clamp_(0, 255))
-    h = hue * float(np.float32(6.0 / 180.0))
-    h = torch.where(h >= 6, h - 6, h)
-    sector = torch.floor(h)
-    frac = h - sector
-    v = val * float(np.float32(1.0 / 255.0))
-    s = float(np.float32(255 * np.float32(1.0 / 255.0)))
-    tab = (v, v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac)))
-    channels = []
-    for c in range(3):  # blue, green, red; where-chains rather than a table keep it capturable
-        out = tab[_SECTORS[5][c]]
-        for k in range(4, -1, -1):
-            out = torch.where(sector == k, tab[_SECTORS[k][c]], out)
-        channels.append(out)
-    bgr = torch.stack(channels)  # (3, h, w)
-    rgb = bgr.flip(0).permute(1, 2, 0)
-    return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
+    index = (hue * 256 + val).long().reshape(-1)
+    return _hsv_table(flow.device).index_select(0, index).view(*fx.shape, 3)
+
+
+_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """An inference copy of ``model`` with its weights in ``dtype`` and its norm layers in fp32.
+
+    Under autocast, every convolution casts its fp32 weight to fp16/bf16 on every call: on a
+    small, launch-bound network those cast kernels make fp16 slower than fp32. A copy that holds
+    the weights in the reduced type has nothing to cast; norm layers keep fp32 statistics (and
+    take reduced-type inputs, as under autocast). The copy does not follow later changes to
+    ``model``'s weights.
+
+    Args:
+        model: the network (left as it is).
+        dtype: ``torch.float16`` or ``torch.bfloat16``.
+    """
+    cast = copy.deepcopy(model).to(dtype).eval()
+    for module in cast.modules():
+        if isinstance(module, _NORMS):
+            module.float()
+    return cast
