@@ -17,7 +17,6 @@ pipeline keeps its own CPU path there, which is faster on a CPU.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 import logging
 import time
@@ -34,7 +33,7 @@ __all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'Pinne
 
 log = logging.getLogger(__name__)
 
-#: Precision -> autocast dtype (None: fp32, no autocast).
+#: Precision -> the network's dtype on CUDA (None: fp32).
 AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
@@ -251,7 +250,8 @@ class DevicePath:
         std: normalisation std.
         palette: (256, 3) uint8 colour of each label.
         overlay_alpha: weight of the colour mask in the overlay.
-        precision: ``fp32``, ``fp16`` or ``bf16`` (autocast on CUDA).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (on CUDA the network runs as a copy cast to
+            that type, norm layers in fp32: :func:`gpu_ops.cast_model`).
         graphs: capture CUDA graphs (CUDA only; False runs eagerly).
     """
 
@@ -272,6 +272,7 @@ class DevicePath:
         self.download = PinnedDownload(device)
         self._indices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._net_names: dict[tuple, list[str]] = {}
+        self._cast: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
         if device.type == 'cuda':
             # fixed shapes: let cudnn time its algorithms once per shape (graph warm-up does it)
             torch.backends.cudnn.benchmark = True
@@ -340,11 +341,19 @@ class DevicePath:
         return self.runner('flow', flow, (prev, cur), id(estimator),
                            size=tuple(prev.shape[-2:]))[0]
 
-    def _amp(self) -> Any:
-        # autocast's cast cache off: graphs and one-shot calls never reuse casts anyway
-        dtype = self.amp_dtype
-        return (contextlib.nullcontext() if dtype is None else
-                torch.autocast(self.device.type, dtype=dtype, cache_enabled=False))
+    def _model(self, model: torch.nn.Module) -> torch.nn.Module:
+        # fp16/bf16: a copy with the weights already in that type (no per-call weight casts)
+        if self.amp_dtype is None:  # fp32, and always on the CPU
+            return model
+        hit = self._cast.get(id(model))
+        if hit is None or hit[0] is not model:
+            hit = self._cast[id(model)] = (model, gpu_ops.cast_model(model, self.amp_dtype))
+        return hit[1]
+
+    def _in(self, t: torch.Tensor) -> torch.Tensor:
+        # network inputs in the cast model's type (no autocast: its per-op dispatch is what an
+        # eager, launch-bound network pays for, and the cast copy leaves nothing to cast)
+        return t if self.amp_dtype is None else t.to(self.amp_dtype)
 
     @torch.inference_mode()
     def infer(self, model: torch.nn.Module, frames: Sequence[Any], *,
@@ -369,10 +378,10 @@ class DevicePath:
         key = (id(model), str(self.amp_dtype))
         t0 = time.perf_counter()
         x = torch.cat([f.device.x for f in frames])
+        model = self._model(model)
 
         def image_path(x: torch.Tensor) -> tuple[torch.Tensor]:
-            with self._amp():
-                return (model.image_logits(x)[0],)
+            return (model.image_logits(self._in(x))[0],)
 
         image = self.runner('image', image_path, (x,), key, size=size)[0]
         idx = [i for i, f in enumerate(frames)
@@ -392,9 +401,8 @@ class DevicePath:
 
             def flow_path(image: torch.Tensor, flow_in: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-                with self._amp():
-                    flow_logits = model.flow_logits(flow_in)
-                    return model.fuse(image, flow_logits), flow_logits
+                flow_logits = model.flow_logits(self._in(flow_in))
+                return model.fuse(image, flow_logits), flow_logits
 
             picked = image if len(idx) == len(frames) else image[idx]
             fused, flow_logits = self.runner('fuse', flow_path, (picked, flow_in), key,
@@ -430,14 +438,16 @@ class DevicePath:
         names: list[str] = []
         dtype = self.amp_dtype
 
+        key = (heads, id(model), str(dtype))
+        model = self._model(model)
+
         def net(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            with self._amp():
-                out = model(args[0], args[1] if len(args) > 1 else None, heads=heads)
+            out = model(self._in(args[0]), self._in(args[1]) if len(args) > 1 else None,
+                        heads=heads)
             names[:] = list(out)
             return tuple(out.values())
 
         inputs = (x,) if flow is None else (x, flow)
-        key = (heads, id(model), str(dtype))
         values = self.runner('net', net, inputs, key, size=tuple(x.shape[-2:]))
         if not names:  # replayed: the heads are those of the captured call
             names[:] = self._net_names.get(key, [])
