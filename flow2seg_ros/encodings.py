@@ -25,6 +25,7 @@ Rows are read ``step`` bytes apart (padding skipped) and 16-bit samples honour
 ``is_bigendian``. Malformed messages raise :class:`ImageFormatError` naming the problem.
 """
 
+import array as pyarray
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
 
@@ -255,7 +256,19 @@ def image_msg_from_array(array: np.ndarray, encoding: str, header: Any, msg_type
             ``data_as_array=True``), or ``types.SimpleNamespace`` off ROS.
         data_as_array: see :func:`image_fields`.
     """
-    return msg_type(header=header, **image_fields(array, encoding, data_as_array=data_as_array))
+    fields = image_fields(array, encoding, data_as_array=True)
+    data = fields.pop('data')
+    if data_as_array:
+        return msg_type(header=header, data=data, **fields)
+    msg = msg_type(header=header, **fields)
+    own = getattr(msg, 'data', None)
+    if isinstance(own, pyarray.array) and own.typecode == 'B' and not len(own):
+        # rclpy: straight into the message's own buffer, one copy (its constructor and the
+        # ``data`` setter would each copy again), as cv_bridge's cv2_to_imgmsg does
+        own.frombytes(data)
+    else:
+        msg.data = data.tobytes()
+    return msg
 
 
 def image_msg_to_array(msg: Any) -> np.ndarray:
