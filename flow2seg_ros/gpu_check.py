@@ -19,7 +19,6 @@ measures no GPU figure. Needs torch, torchvision, OpenCV, numpy, safetensors and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import itertools
 import json
@@ -40,18 +39,18 @@ from flow2seg_ros.classes import cityscapes_classes, ClassSet
 from flow2seg_ros.device_path import DevicePath
 from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
 from flow2seg_ros.frames import scene_frames
+from flow2seg_ros.gpu_report import (AIMS, check_aims, format_table, row as report_row,
+                                     size_text)
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig, PRECISIONS
 from flow2seg_ros.weights import load_model, random_model
 
-__all__ = ['AIMS', 'agreement', 'camera_message', 'run_tests', 'time_config', 'time_compile',
-           'check_aims', 'format_table', 'main']
+__all__ = ['AIMS', 'agreement', 'camera_message', 'run_tests', 'time_config', 'time_configs',
+           'time_compile', 'time_formats', 'check_aims', 'format_table', 'main']  # the last
+# three from gpu_report, so that ``gpu_check.check_aims`` and friends keep working
 
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ((512, 256), (1024, 512))  # (W, H)
 CAMERAS = ((1280, 720), (2048, 1024))
-#: The issue's aims: lite from 720p upload-to-outputs, paper fps, node share, precisions.
-AIMS = {'lite_720p_ms': 3.0, 'paper_fps': 100.0, 'node_share_2048': 0.25,
-        'low_precision_slack': 1.03}
 
 
 def _median(values: Sequence[float]) -> float:
@@ -159,29 +158,33 @@ def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float
     """Share of label pixels equal between the CPU path and the CUDA path (bundled lite model),
     per precision, from frames at the network size and from 1280x720 frames.
 
+    Both sides run one flow method: the learned flow (what CUDA runs by default; the same
+    network on each side), and DIS medium (the CPU default, on the host for both) at fp32.
+
     Args:
         device: a CUDA device.
         count: frames per sequence.
     """
     cpu_model, card = load_model(None)
     gpu_model, _ = load_model(None, device=str(device))
-    # the CPU side runs the network in torch: the same network code on both sides
-    torch_backend = {'backend': 'torch'} if 'backend' in {
-        f.name for f in dataclasses.fields(PipelineConfig)} else {}
-    cpu = FramePipeline(PipelineConfig(device='cpu', **torch_backend), model=cpu_model,
-                        card=card)
-    h, w = cpu.input_size
     out: dict[str, dict[str, float]] = {}
-    for camera in ((w, h), (1280, 720)):
-        frames = scene_frames(count, camera)
-        cpu.reset()
-        ref = [cpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
-        for precision in PRECISIONS:
-            gpu = FramePipeline(PipelineConfig(device=str(device), precision=precision),
-                                model=gpu_model, card=card)
-            got = [gpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
-            equal = sum(int((a == b).sum()) for a, b in zip(ref, got))
-            out.setdefault(_size(camera), {})[precision] = equal / sum(a.size for a in ref)
+    for flow, preset in (('learned', ''), ('dis', 'medium')):
+        pinned = {'flow_method': flow, 'flow_preset': preset}
+        # the CPU side runs the network in torch: the same network code on both sides
+        cpu = FramePipeline(PipelineConfig(device='cpu', backend='torch', **pinned),
+                            model=cpu_model, card=card)
+        h, w = cpu.input_size
+        for camera in ((w, h), (1280, 720)) if flow == 'learned' else ((w, h),):
+            frames = scene_frames(count, camera)
+            cpu.reset()
+            ref = [cpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
+            for precision in PRECISIONS if flow == 'learned' else ('fp32',):
+                gpu = FramePipeline(PipelineConfig(device=str(device), precision=precision,
+                                                   **pinned), model=gpu_model, card=card)
+                got = [gpu.process(f, 0.05 * i).labels for i, f in enumerate(frames)]
+                equal = sum(int((a == b).sum()) for a, b in zip(ref, got))
+                out.setdefault(f'{size_text(camera)} frames, {flow} flow', {})[precision] = \
+                    equal / sum(a.size for a in ref)
     return out
 
 
@@ -196,7 +199,24 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
                 graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
                 estimator: Any = None, device_path_on_cpu: bool = False,
                 device_resident: bool = True) -> dict[str, Any]:
+    """One precision through :func:`time_configs` (its row)."""
+    return time_configs(model, card, preset=preset, network=network, camera=camera,
+                        precisions=(precision,), graphs=graphs, device=device, frames=frames,
+                        warmup=warmup, estimator=estimator,
+                        device_path_on_cpu=device_path_on_cpu,
+                        device_resident=device_resident)[0]
+
+
+def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
+                 network: tuple[int, int], camera: tuple[int, int], precisions: Sequence[str],
+                 graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
+                 estimator: Any = None, device_path_on_cpu: bool = False,
+                 device_resident: bool = True) -> list[dict[str, Any]]:
     """Frames through what the node does, per stage; medians over the frames after ``warmup``.
+
+    One pipeline per precision, timed interleaved: each frame goes through every pipeline in
+    turn (the order rotating frame by frame), so a slow spell of the host weighs on all of them
+    alike and the precisions' medians compare.
 
     Args:
         model: the network (shared by the configs).
@@ -204,7 +224,7 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         preset: the preset's name (for the report).
         network: network input (W, H).
         camera: camera frame (W, H).
-        precision: ``fp32``, ``fp16`` or ``bf16``.
+        precisions: ``fp32``, ``fp16``, ``bf16``: one row each.
         graphs: CUDA graphs on.
         device: where the pipeline runs.
         frames: camera frames (RGB uint8).
@@ -214,58 +234,66 @@ def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             CPU path: the harness checked end to end without a GPU.
         device_resident: False times the CUDA baseline that resizes and draws on the host.
     """
-    config = PipelineConfig(device=str(device), precision=precision,
-                            input_size=(network[1], network[0]), cuda_graphs=graphs,
-                            device_resident=device_resident)
-    pipe = FramePipeline(config, model=model, card=card, flow_estimator=estimator)
-    if device_path_on_cpu and device.type == 'cpu':
-        pipe.cpu_path = None  # the pipeline as on CUDA
-        pipe.device_path = DevicePath.for_pipeline(pipe)
+    pipes = []
+    for precision in precisions:
+        config = PipelineConfig(device=str(device), precision=precision,
+                                input_size=(network[1], network[0]), cuda_graphs=graphs,
+                                device_resident=device_resident)
+        pipe = FramePipeline(config, model=model, card=card, flow_estimator=estimator)
+        if device_path_on_cpu and device.type == 'cpu':
+            pipe.cpu_path = None  # the pipeline as on CUDA
+            pipe.device_path = DevicePath.for_pipeline(pipe)
+        pipes.append(pipe)
     image_type = _message_type()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    stages: dict[str, list[float]] = {}
+    stages: list[dict[str, list[float]]] = [{} for _ in pipes]
     for i, rgb in enumerate(frames):
         stamp = 100.0 + i / 30.0
-        msg = camera_message(rgb, stamp, image_type)
-        t0 = time.perf_counter()
-        frame = image_msg_to_rgb(msg)
-        t1 = time.perf_counter()
-        result = pipe.process(frame, stamp, outputs=('color_mask', 'overlay'))
-        t2 = time.perf_counter()
-        _output_messages(result, msg.header, image_type)
-        t3 = time.perf_counter()
-        if i < warmup:
-            continue
-        if result.reset_reason is not None:
-            raise RuntimeError(f'frame {i} reset the flow state ({result.reset_reason})')
-        for key, ms in (('convert', t1 - t0), ('process', t2 - t1), ('messages', t3 - t2),
-                        ('frame', t3 - t0)):
-            stages.setdefault(key, []).append(1e3 * ms)
-        for key, ms in result.timings.items():
-            stages.setdefault(f'pipeline.{key}', []).append(ms)
-    med = {k: _median(v) for k, v in stages.items()}
-    runner = pipe.device_path.runner if pipe.device_path is not None else None
-    out = {
-        'preset': preset, 'network': list(network), 'camera': list(camera),
-        'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
-        'device_path': pipe.device_path is not None,
-        'path': ('device' if pipe.device_path is not None else
-                 'host' if device.type == 'cuda' else 'cpu'),
-        'flow': type(pipe.flow_estimator).__name__ if pipe.flow_estimator else None,
-        'frames_timed': len(stages.get('frame', [])), 'median_ms': med,
-        'process_fps': 1e3 / med['process'] if med.get('process') else float('nan'),
-        'frame_fps': 1e3 / med['frame'] if med.get('frame') else float('nan'),
-        # what the node adds around the pipeline: message in, three messages out
-        'node_share': (med['convert'] + med['messages']) / med['frame'] if med.get('frame')
-        else float('nan'),
-    }
-    if runner is not None:
-        out['graph_captures'] = runner.captures
-        out['graph_failures'] = dict(runner.failed)
-    if device.type == 'cuda':
-        out['gpu_max_memory_mb'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    return out
+        for k in [(i + j) % len(pipes) for j in range(len(pipes))]:
+            msg = camera_message(rgb, stamp, image_type)
+            t0 = time.perf_counter()
+            frame = image_msg_to_rgb(msg)
+            t1 = time.perf_counter()
+            result = pipes[k].process(frame, stamp, outputs=('color_mask', 'overlay'))
+            t2 = time.perf_counter()
+            _output_messages(result, msg.header, image_type)
+            t3 = time.perf_counter()
+            if i < warmup:
+                continue
+            if result.reset_reason is not None:
+                raise RuntimeError(f'frame {i} reset the flow state ({result.reset_reason})')
+            for key, ms in (('convert', t1 - t0), ('process', t2 - t1), ('messages', t3 - t2),
+                            ('frame', t3 - t0)):
+                stages[k].setdefault(key, []).append(1e3 * ms)
+            for key, ms in result.timings.items():
+                stages[k].setdefault(f'pipeline.{key}', []).append(ms)
+    rows = []
+    for precision, pipe, timed in zip(precisions, pipes, stages):
+        med = {k: _median(v) for k, v in timed.items()}
+        runner = pipe.device_path.runner if pipe.device_path is not None else None
+        out = {
+            'preset': preset, 'network': list(network), 'camera': list(camera),
+            'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
+            'device_path': pipe.device_path is not None,
+            'path': ('device' if pipe.device_path is not None else
+                     'host' if device.type == 'cuda' else 'cpu'),
+            'flow': type(pipe.flow_estimator).__name__ if pipe.flow_estimator else None,
+            'frames_timed': len(timed.get('frame', [])), 'median_ms': med,
+            'process_fps': 1e3 / med['process'] if med.get('process') else float('nan'),
+            'frame_fps': 1e3 / med['frame'] if med.get('frame') else float('nan'),
+            # what the node adds around the pipeline: message in, three messages out
+            'node_share': (med['convert'] + med['messages']) / med['frame']
+            if med.get('frame') else float('nan'),
+        }
+        if runner is not None:
+            out['graph_captures'] = runner.captures
+            out['graph_failures'] = dict(runner.failed)
+        if device.type == 'cuda':  # the pipelines of the group together
+            out['gpu_max_memory_mb'] = round(
+                torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        rows.append(out)
+    return rows
 
 
 def time_compile(model: torch.nn.Module, card: dict[str, Any], device: torch.device, *,
@@ -319,115 +347,43 @@ def time_compile(model: torch.nn.Module, card: dict[str, Any], device: torch.dev
     return out
 
 
-def check_aims(configs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's aims against the timed configs (graphs on, the best precision)."""
-    def best(preset: str, network: Sequence[int], camera: Sequence[int]
-             ) -> Optional[dict[str, Any]]:
-        rows = [c for c in configs if c['preset'] == preset and c['graphs'] and
-                c['network'] == list(network) and c['camera'] == list(camera) and
-                c.get('device_path')]
-        return min(rows, key=lambda c: c['median_ms']['process']) if rows else None
+def time_formats(model: torch.nn.Module, device: torch.device, *, input_size: tuple[int, int],
+                 calls: int = 20) -> dict[str, float]:
+    """The network alone as the device path replays it (CUDA graph, reduced-precision weights),
+    per precision, in NCHW and in channels-last memory format: median ms.
 
-    aims: dict[str, Any] = {}
-    lite = best('lite', (512, 256), (1280, 720))
-    if lite:
-        ms = lite['median_ms']['process']
-        aims['lite 1280x720 upload->outputs <= 3 ms'] = {
-            'value_ms': round(ms, 2), 'precision': lite['precision'],
-            'met': ms <= AIMS['lite_720p_ms']}
-    paper = best('paper', (1024, 512), (2048, 1024))
-    if paper:
-        aims['paper 1024x512 from 2048x1024 >= 100 fps'] = {
-            'value_fps': round(paper['process_fps'], 1),
-            'frame_fps': round(paper['frame_fps'], 1), 'precision': paper['precision'],
-            'met': paper['process_fps'] >= AIMS['paper_fps']}
-    for preset in ('lite', 'paper'):
-        row = best(preset, (512, 256) if preset == 'lite' else (1024, 512), (2048, 1024))
-        if row:
-            aims[f'{preset}: node adds <= 25 % at 2048x1024'] = {
-                'value': round(row['node_share'], 3),
-                'met': row['node_share'] <= AIMS['node_share_2048']}
-    slow = []
-    for c in configs:
-        if c['precision'] == 'fp32' or not c.get('device_path'):
-            continue
-        ref = [r for r in configs if r['precision'] == 'fp32' and r['preset'] == c['preset'] and
-               r['network'] == c['network'] and r['camera'] == c['camera'] and
-               r['graphs'] == c['graphs']]
-        if ref and c['median_ms']['process'] > AIMS['low_precision_slack'] * \
-                ref[0]['median_ms']['process']:
-            slow.append(f"{c['preset']} {c['precision']} {_size(c['network'])} from "
-                        f"{_size(c['camera'])} graphs={c['graphs']}: "
-                        f"{c['median_ms']['process']:.2f} vs fp32 "
-                        f"{ref[0]['median_ms']['process']:.2f} ms")
-    if any(c['precision'] != 'fp32' and c.get('device_path') for c in configs):
-        aims['fp16 and bf16 at least as fast as fp32 (3 % slack)'] = {'slower': slow,
-                                                                      'met': not slow}
-    return aims
-
-
-def _size(wh: Sequence[int]) -> str:
-    return f'{wh[0]}x{wh[1]}'
-
-
-_HEADER = (f"{'preset':<6}{'network':>10}{'camera':>10}{'prec':>6}{'graph':>6}{'n':>4}"
-           f"{'frame':>8}{'fps':>7}{'process':>9}{'network':>9}{'flow':>7}{'node%':>7}"
-           f"{'capt':>6}")
-
-
-def _mode(c: dict[str, Any]) -> str:
-    if not c.get('device_path'):
-        return c.get('path', '-')  # 'host': CUDA network, resize and pictures on the host
-    return 'on' if c['graphs'] else 'off'
-
-
-def _row(c: dict[str, Any]) -> str:
-    m = c['median_ms']
-    return (f"{c['preset']:<6}{_size(c['network']):>10}{_size(c['camera']):>10}"
-            f"{c['precision']:>6}{_mode(c):>6}{c['frames_timed']:>4}"
-            f"{m.get('frame', float('nan')):>8.2f}{c['frame_fps']:>7.0f}"
-            f"{m.get('process', float('nan')):>9.2f}"
-            f"{m.get('pipeline.network', float('nan')):>9.2f}"
-            f"{m.get('pipeline.flow', float('nan')):>7.2f}{100 * c['node_share']:>6.1f}%"
-            f"{c.get('graph_captures', '-')!s:>6}"
-            + (f"  graph capture failed: {sorted(c['graph_failures'])}"
-               if c.get('graph_failures') else ''))
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The one table printed at the end (configs, compile, aims, tests)."""
-    env = report['environment']
-    lines = [f"gpu-check on {env.get('gpu') or env['cpu_model']} ({env['device']}), torch "
-             f"{env['torch']}, flow: {report.get('flow')}", _HEADER]
-    lines += [_row(c) for c in report['configs']]
-    lines.append('ms medians; graph: on/off = device path with/without CUDA graphs, host = '
-                 'network on CUDA with resize and pictures on the host, cpu = CPU path; frame = '
-                 'message in -> 3 messages out; process = FramePipeline.process (upload -> '
-                 'published outputs on the host); node% = message conversion + building / '
-                 'frame; capt = CUDA graphs captured')
-    comp = report.get('compile')
-    if comp:
-        if 'compiled_ms' in comp:
-            compiled = (f'{comp["compiled_ms"]:.2f} ms (first call '
-                        f'{comp["compile_first_call_s"]} s, {comp["recompiles"]} recompiles '
-                        f'over the timed calls)')
-        else:
-            compiled = f'failed: {comp.get("compile_error")}'
-        lines.append(f'torch.compile lite {comp["precision"]}: eager {comp["eager_ms"]:.2f} ms, '
-                     f'CUDA graph {comp["graph_ms"]:.2f} ms, compiled {compiled}')
-    for frames, shares in report.get('agreement', {}).items():
-        lines.append(f'labels equal to the CPU path, lite, {frames} frames: ' + ', '.join(
-            f'{p} {100 * v:.3f} %' for p, v in shares.items()))
-    for name, aim in report.get('aims', {}).items():
-        lines.append(f"aim {'MET' if aim['met'] else 'NOT MET'}: {name}: "
-                     + ', '.join(f'{k}={v}' for k, v in aim.items() if k != 'met'))
-    for note in report.get('notes', []):
-        lines.append(f'note: {note}')
-    tests = report.get('tests')
-    if tests:
-        lines.append(f"tests ({tests['command']}): rc {tests['returncode']}, "
-                     f"{tests['summary']}")
-    return '\n'.join(lines)
+    Args:
+        model: the network.
+        device: a CUDA device.
+        input_size: network input (h, w).
+        calls: timed replays after three warm-up calls.
+    """
+    import copy
+    h, w = input_size
+    x = torch.randn(1, 3, h, w, device=device)
+    f = torch.randn(1, 2, h, w, device=device) * 0.1
+    out: dict[str, float] = {}
+    for fmt in ('nchw', 'channels_last'):
+        net, xx, ff = model, x, f
+        if fmt == 'channels_last':
+            cl = torch.channels_last
+            net = copy.deepcopy(model).to(memory_format=cl)
+            xx, ff = x.contiguous(memory_format=cl), f.contiguous(memory_format=cl)
+        for precision in PRECISIONS:
+            path = DevicePath(device, input_size=(h, w), mean=(0, 0, 0), std=(1, 1, 1),
+                              palette=np.zeros((256, 3), np.uint8), precision=precision)
+            times = []
+            for _ in range(calls + 3):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                path.network(net, xx, ff, ('fused',))
+                torch.cuda.synchronize()
+                times.append(1e3 * (time.perf_counter() - t0))
+            out[f'{precision} {fmt}'] = round(_median(times[3:]), 3)
+            del path
+        del net
+    torch.cuda.empty_cache()
+    return out
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -452,12 +408,13 @@ def _cpu_reduced(args: argparse.Namespace, report: dict[str, Any]) -> None:
     device = torch.device('cpu')
     model, card = load_model(None)
     frames = scene_frames(args.warmup + 2, (1280, 720))
-    for precision, graphs, on_device_path in (('fp32', False, False), ('fp32', False, True),
-                                              ('bf16', False, True)):
-        report['configs'].append(time_config(
-            model, card, preset='lite', network=(512, 256), camera=(1280, 720),
-            precision=precision, graphs=graphs, device=device, frames=frames,
-            warmup=args.warmup, device_path_on_cpu=on_device_path))
+    report['configs'].append(time_config(
+        model, card, preset='lite', network=(512, 256), camera=(1280, 720), precision='fp32',
+        graphs=False, device=device, frames=frames, warmup=args.warmup))
+    report['configs'] += time_configs(
+        model, card, preset='lite', network=(512, 256), camera=(1280, 720),
+        precisions=('fp32', 'bf16'), graphs=False, device=device, frames=frames,
+        warmup=args.warmup, device_path_on_cpu=True)
     # the aims' code runs too, but CPU figures say nothing about them: kept apart, not printed
     report['aims_code_check_on_cpu'] = check_aims(report['configs'])
     report['notes'].append('no CUDA device: GPU figures NOT measured; a reduced CPU run of the '
@@ -483,28 +440,35 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
     # graphs on first, then the host baseline (fp32), then eager: if the budget runs out, what
     # goes is the eager comparison
     sizes = list(itertools.product(('lite', 'paper'), NETWORKS, CAMERAS))
-    matrix = [('graphs',) + s + (p,) for s in sizes for p in PRECISIONS] + \
-        [('host',) + s + ('fp32',) for s in sizes] + \
-        [('eager',) + s + (p,) for s in sizes for p in PRECISIONS]
-    for mode, preset, network, camera, precision in matrix:
-        graphs = mode == 'graphs'
-        what = f'{preset} {_size(network)} {_size(camera)} {precision} {mode}'
+    matrix = [('graphs',) + s + (PRECISIONS,) for s in sizes] + \
+        [('host',) + s + (('fp32',),) for s in sizes] + \
+        [('eager',) + s + (PRECISIONS,) for s in sizes]
+    for mode, preset, network, camera, precisions in matrix:
+        what = f'{preset} {size_text(network)} {size_text(camera)} {"/".join(precisions)} {mode}'
         if time.perf_counter() - started > args.budget_s:
             report['notes'].append(f'time budget ({args.budget_s:.0f} s) spent: skipped {what} '
                                    'and the configurations after it')
             break
         model, card = nets[preset]
         try:
-            row = time_config(model, card, preset=preset, network=network, camera=camera,
-                              precision=precision, graphs=graphs, device=device,
-                              frames=frames[camera], warmup=args.warmup, estimator=estimator,
-                              device_resident=mode != 'host')
+            rows = time_configs(model, card, preset=preset, network=network, camera=camera,
+                                precisions=precisions, graphs=mode == 'graphs', device=device,
+                                frames=frames[camera], warmup=args.warmup,
+                                estimator=estimator, device_resident=mode != 'host')
         except Exception as exc:  # report it and go on with the others
             ok = False
             report['errors'].append(f'{what}: {type(exc).__name__}: {exc}'[:500])
             continue
-        report['configs'].append(row)
-        print(_row(row), flush=True)
+        for row in rows:
+            report['configs'].append(row)
+            print(report_row(row), flush=True)
+    report['formats'] = {}
+    for preset, size in (('lite', (256, 512)), ('paper', (512, 1024))):
+        try:
+            report['formats'][f'{preset} {size[1]}x{size[0]}'] = time_formats(
+                nets[preset][0], device, input_size=size)
+        except Exception as exc:  # a finding, reported
+            report['errors'].append(f'formats {preset}: {type(exc).__name__}: {exc}'[:500])
     if args.no_compile:
         pass
     elif time.perf_counter() - args.started > 210.0:

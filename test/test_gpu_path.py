@@ -374,8 +374,8 @@ def test_cuda_tests_run_without_pytest_on_a_bare_gpu_machine():
     marked = sorted(n for n, f in globals().items() if n.startswith('test_') and any(
         m.name == 'cuda' for m in getattr(f, 'pytestmark', [])))
     assert {i.split('[')[0] for i in ids} == set(marked)
-    assert 'test_cuda_labels_agree_with_the_cpu[bf16-0.995]' in ids
-    assert len(ids) == len(marked) + 2  # three precisions in one of them
+    assert 'test_cuda_labels_agree_with_the_cpu[bf16-0.995-learned]' in ids
+    assert len(ids) == len(marked) + 3  # four parameter sets in one of them
 
 
 def test_the_stand_in_runs_marked_tests_and_fails_on_a_failure(tmp_path):
@@ -405,6 +405,46 @@ def test_bf16_is_a_precision_and_falls_back_to_fp32_on_the_cpu(caplog):
         PipelineConfig(device='cpu', precision='fp8').validate()
 
 
+def test_cast_model_holds_reduced_weights_and_fp32_norms():
+    """fp16/bf16 on CUDA run a copy whose weights need no per-call casts; its outputs are
+    those of the fp32 model within reduced-precision error, and the model itself is left as is
+    (bf16 here: the CPU runs bf16 convolutions)."""
+    model = tiny_pipeline().model.eval()
+    cast = gpu_ops.cast_model(model, torch.bfloat16)
+    norms = [m for m in cast.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    convs = [m for m in cast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert norms and convs
+    assert all(m.weight.dtype == torch.float32 and m.running_var.dtype == torch.float32
+               for m in norms)
+    assert all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    torch.manual_seed(1)
+    x, flow = torch.randn(1, 3, *NET), torch.randn(1, 2, *NET)
+    with torch.no_grad():
+        want = model(x, flow, heads=('fused',))['fused']
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = cast(x, flow, heads=('fused',))['fused'].float()
+    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.9
+    assert torch.allclose(got, want, atol=0.1 * float(want.abs().max()))
+    # the device path runs that copy with no autocast, inputs cast (bf16 forced on the CPU)
+    path = DevicePath(torch.device('cpu'), input_size=NET, mean=(0, 0, 0), std=(1, 1, 1),
+                      palette=np.zeros((256, 3), np.uint8), graphs=False)
+    path.amp_dtype = torch.bfloat16
+    out = path.network(model, x, flow, ('fused', 'image'))
+    assert out['fused'].dtype == torch.bfloat16 and set(out) == {'fused', 'image'}
+    assert (out['fused'].float().argmax(1) == want.argmax(1)).float().mean() > 0.9
+    assert path._model(model) is path._model(model) is not model  # one copy, reused
+
+
+def test_a_flow_method_other_than_the_cards_gets_its_own_default_preset():
+    """The card's preset belongs to the card's method: asking the bundled model (DIS medium on
+    the CPU) for the learned flow gives the bundled learned weights, not a preset 'medium'."""
+    from flow2seg_ros.flow.learned import LearnedFlow
+    pipe = FramePipeline(PipelineConfig(device='cpu', flow_method='learned'))
+    assert isinstance(pipe.flow_estimator, LearnedFlow)
+    assert FramePipeline(PipelineConfig(device='cpu')).flow_estimator.preset == 'medium'
+
+
 def test_the_cpu_pipeline_keeps_its_opencv_path():
     assert tiny_pipeline().device_path is None
 
@@ -418,29 +458,42 @@ TORCH_ON_CPU = {'backend': 'torch'} if 'backend' in {
     f.name for f in dataclasses.fields(PipelineConfig)} else {}
 
 
-def bundled_pair(precision='fp32', graphs=True):
+def bundled_pair(precision='fp32', graphs=True, flow='learned'):
+    """The bundled model on the CPU and on CUDA, both with one flow method.
+
+    The bundled card names DIS medium on the CPU and the learned flow on CUDA; comparing the
+    two paths means giving both the same flow (``learned``: the CUDA default, run by the same
+    network on each side; ``dis``: the CPU default, run on the host on both sides)."""
     from flow2seg_ros.weights import load_model
-    cpu = FramePipeline(PipelineConfig(device='cpu', **TORCH_ON_CPU))
+    pinned = {'flow_method': flow, 'flow_preset': 'medium' if flow == 'dis' else ''}
+    cpu = FramePipeline(PipelineConfig(device='cpu', **pinned, **TORCH_ON_CPU))
     model, card = load_model(None, device='cuda')
-    gpu = FramePipeline(PipelineConfig(device='cuda', precision=precision, cuda_graphs=graphs),
-                        model=model, card=card)
+    gpu = FramePipeline(PipelineConfig(device='cuda', precision=precision, cuda_graphs=graphs,
+                                       **pinned), model=model, card=card)
     return cpu, gpu
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize('precision,need', [('fp32', 0.999), ('fp16', 0.995), ('bf16', 0.995)])
-def test_cuda_labels_agree_with_the_cpu(precision, need):
-    """Frames at the network size: the same input on both sides (the issue's measurement)."""
-    cpu, gpu = bundled_pair(precision)
-    assert gpu.device_path is not None
-    h, w = gpu.input_size
+def _agreement(cpu, gpu, frames):
     equal = total = 0
-    for i, rgb in enumerate(scene(6, h, w)):
+    for i, rgb in enumerate(frames):
         a = cpu.process(rgb, 0.05 * i)
         b = gpu.process(rgb, 0.05 * i)
         equal += int((a.labels == b.labels).sum())
         total += a.labels.size
-    assert equal / total >= need, f'{precision}: {100 * equal / total:.3f} % of labels agree'
+    return equal / total
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('precision,need,flow', [
+    ('fp32', 0.999, 'learned'), ('fp32', 0.999, 'dis'), ('fp16', 0.995, 'learned'),
+    ('bf16', 0.995, 'learned')])
+def test_cuda_labels_agree_with_the_cpu(precision, need, flow):
+    """Frames at the network size: the same input on both sides (the issue's measurement)."""
+    cpu, gpu = bundled_pair(precision, flow=flow)
+    assert gpu.device_path is not None
+    h, w = gpu.input_size
+    share = _agreement(cpu, gpu, scene(6, h, w))
+    assert share >= need, f'{precision}, {flow}: {100 * share:.3f} % of labels agree'
 
 
 @pytest.mark.cuda
@@ -448,13 +501,8 @@ def test_cuda_labels_agree_with_the_cpu_from_hd_frames():
     """1280x720 frames: each side resizes (within one level of each other), so a few more
     boundary pixels may differ."""
     cpu, gpu = bundled_pair('fp32')
-    equal = total = 0
-    for i, rgb in enumerate(scene(6, 720, 1280)):
-        a = cpu.process(rgb, 0.05 * i)
-        b = gpu.process(rgb, 0.05 * i)
-        equal += int((a.labels == b.labels).sum())
-        total += a.labels.size
-    assert equal / total >= 0.99, f'{100 * equal / total:.3f} % of labels agree'
+    share = _agreement(cpu, gpu, scene(6, 720, 1280))
+    assert share >= 0.99, f'{100 * share:.3f} % of labels agree'
 
 
 def _outputs(r):
