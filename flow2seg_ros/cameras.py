@@ -45,6 +45,8 @@ class PendingFrame:
         meta: what the caller keeps with the frame (the node: the message header).
         prev: ``(rgb, stamp)`` of the frame received just before it on this camera, or None.
         received_at: ``time.monotonic()`` when it arrived.
+        bgr: ``rgb`` and ``prev`` are in blue, green, red order (a bgr8 camera on the device
+            path, which swaps them there).
     """
 
     camera: str
@@ -53,6 +55,7 @@ class PendingFrame:
     meta: Any
     prev: Optional[tuple[np.ndarray, float]]
     received_at: float
+    bgr: bool = False
 
 
 @dataclass
@@ -79,6 +82,7 @@ class CameraSlot:
     name: str
     pending: Optional[PendingFrame] = None
     last_received: Optional[tuple[np.ndarray, float]] = None
+    last_bgr: bool = False
     last_received_at: float = -1e9
     stats: CameraStats = field(default_factory=CameraStats)
 
@@ -120,7 +124,7 @@ class FrameScheduler:
 
     # ------------------------------------------------------------------ producer side
     def put(self, camera: str, rgb: np.ndarray, stamp: float, meta: Any = None,
-            received_at: Optional[float] = None) -> bool:
+            received_at: Optional[float] = None, bgr: bool = False) -> bool:
         """Leave a camera's newest frame in its slot; True when it replaced a waiting frame.
 
         Args:
@@ -129,12 +133,16 @@ class FrameScheduler:
             stamp: its time in seconds.
             meta: kept with the frame (a header).
             received_at: arrival time (default now).
+            bgr: the frame is in blue, green, red order.
         """
         slot = self.slots[camera]
         now = self._clock() if received_at is None else received_at
-        frame = PendingFrame(camera, rgb, float(stamp), meta, slot.last_received, now)
+        prev = slot.last_received
+        if prev is not None and slot.last_bgr != bgr:  # the camera changed its encoding
+            prev = (np.ascontiguousarray(prev[0][..., ::-1]), prev[1])
+        frame = PendingFrame(camera, rgb, float(stamp), meta, prev, now, bgr)
         with self._cond:
-            slot.last_received = (rgb, float(stamp))
+            slot.last_received, slot.last_bgr = (rgb, float(stamp)), bgr
             slot.last_received_at = now
             replaced = slot.pending is not None
             if replaced:
@@ -262,6 +270,11 @@ class FrameScheduler:
 Outcome = tuple[PendingFrame, Any, Optional[Exception]]
 
 
+def _order(frame: PendingFrame) -> dict[str, bool]:
+    # only bgr frames say so (they reach only pipelines with a device path)
+    return {'bgr': True} if frame.bgr else {}
+
+
 def run_batch(batch: Sequence[PendingFrame], pipelines: Mapping[str, Any],
               outputs: Mapping[str, Iterable[str]]) -> list[Outcome]:
     """Segment a batch taken from :meth:`FrameScheduler.take`.
@@ -283,8 +296,8 @@ def run_batch(batch: Sequence[PendingFrame], pipelines: Mapping[str, Any],
         frame = batch[0]
         try:
             return [(frame, pipelines[frame.camera].process(
-                frame.rgb, frame.stamp, outputs=tuple(outputs[frame.camera]), prev=frame.prev),
-                None)]
+                frame.rgb, frame.stamp, outputs=tuple(outputs[frame.camera]), prev=frame.prev,
+                **_order(frame)), None)]
         except Exception as exc:  # reported per frame; the caller goes on
             return [(frame, None, exc)]
     done: list[Outcome] = []
@@ -292,7 +305,7 @@ def run_batch(batch: Sequence[PendingFrame], pipelines: Mapping[str, Any],
     for frame in batch:
         try:
             prepared.append((frame, pipelines[frame.camera].prepare(
-                frame.rgb, frame.stamp, prev=frame.prev)))
+                frame.rgb, frame.stamp, prev=frame.prev, **_order(frame))))
         except Exception as exc:
             done.append((frame, None, exc))
     if prepared:

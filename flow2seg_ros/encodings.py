@@ -39,6 +39,7 @@ __all__ = [
     'image_fields',
     'image_msg_from_array',
     'image_msg_to_array',
+    'image_msg_to_frame',
     'image_msg_to_rgb',
     'mono_to_image_fields',
     'rgb_to_image_fields',
@@ -139,6 +140,20 @@ def _to_rgb_opencv(pixels: np.ndarray, code: Optional[int], encoding: str) -> np
         # cv_bridge: convertTo(CV_8U, 255/65535), rounded to nearest.
         out = np.rint(out.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
     return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def image_msg_to_frame(msg: Any) -> Tuple[np.ndarray, bool]:
+    """A frame for a pipeline that swaps channels on the device: ``(pixels, bgr)``.
+
+    ``bgr8`` gives its pixels as they are (no host conversion; ``bgr`` True), any other
+    encoding :func:`image_msg_to_rgb` (``bgr`` False).
+
+    Raises:
+        ImageFormatError: as :func:`image_msg_to_rgb`.
+    """
+    if _canonical_encoding(msg.encoding) == 'bgr8':
+        return np.ascontiguousarray(_validated_rows(msg, np.uint8, 3)), True
+    return image_msg_to_rgb(msg), False
 
 
 def image_msg_to_rgb(msg: Any, *, use_cv_bridge: Optional[bool] = None) -> np.ndarray:

@@ -15,7 +15,6 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
 from rclpy.parameter import Parameter
@@ -27,7 +26,8 @@ import torch
 from flow2seg_ros.cameras import CameraStats, FrameScheduler, PendingFrame, run_batch
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.encodings import (
-    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_rgb, ImageFormatError)
+    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_frame, image_msg_to_rgb,
+    ImageFormatError)
 from flow2seg_ros.node_params import (
     batch_size, camera_names, DEFAULTS, describe_type_error, DESCRIPTIONS, NodeConfigError,
     OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters, worker_count)
@@ -217,10 +217,13 @@ class SegmentationNodeMixin:
                         cam, msg, compressed_msg_to_rgb, f"compressed '{msg.format}'"),
                     in_qos)
             else:
+                # on the device path a bgr8 frame goes up as it is and is swapped there
+                convert = (image_msg_to_frame if getattr(cam.pipeline, 'device_path', None)
+                           is not None else image_msg_to_rgb)
                 cam.sub = self.create_subscription(
                     Image, f'{cam.prefix}image',
-                    lambda msg, cam=cam: self._receive(
-                        cam, msg, image_msg_to_rgb, f"{msg.width}x{msg.height} '{msg.encoding}'"),
+                    lambda msg, cam=cam, convert=convert: self._receive(
+                        cam, msg, convert, f"{msg.width}x{msg.height} '{msg.encoding}'"),
                     in_qos)
         self._publish_label_info()
         self._diag_timer = self.create_timer(
@@ -360,14 +363,14 @@ class SegmentationNodeMixin:
             self._warned_at[key] = now
             self.get_logger().warning(text)
 
-    def _receive(self, cam: _Camera, msg: Any, convert: Callable[[Any], np.ndarray],
+    def _receive(self, cam: _Camera, msg: Any, convert: Callable[[Any], Any],
                  what: str) -> None:
         scheduler = self._scheduler
         if not self._active or scheduler is None:
             return
         cam.stats.received += 1
         try:
-            rgb = convert(msg)
+            frame = convert(msg)
         except Exception as exc:  # never let one frame stop the node
             cam.stats.bad_input += 1
             # throttled per kind of bad frame, so a different problem is still reported
@@ -376,7 +379,8 @@ class SegmentationNodeMixin:
                        f'skipping bad input image {what} '
                        f'(frame_id {msg.header.frame_id!r}): {problem}')
             return
-        scheduler.put(cam.name, rgb, _stamp_seconds(msg.header), msg.header)
+        rgb, bgr = frame if isinstance(frame, tuple) else (frame, False)
+        scheduler.put(cam.name, rgb, _stamp_seconds(msg.header), msg.header, bgr=bgr)
 
     # ----------------------------------------------------------------- worker
     def _work(self, scheduler: FrameScheduler) -> None:

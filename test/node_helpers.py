@@ -39,20 +39,21 @@ class RecordingPipeline:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def _record(self, rgb, stamp, result):
+    def _record(self, rgb, stamp, result, bgr=False):
         with self.lock:
-            self.results.append(SimpleNamespace(rgb=rgb, stamp=stamp, result=result))
+            self.results.append(SimpleNamespace(rgb=rgb, stamp=stamp, result=result, bgr=bgr))
 
-    def process(self, rgb, stamp, *, outputs=(), heads=('fused',), prev=None):
+    def process(self, rgb, stamp, *, outputs=(), heads=('fused',), prev=None, bgr=False):
         if self.delay_s:
             time.sleep(self.delay_s)
         self.network_calls.append(1)
-        result = self.inner.process(rgb, stamp, outputs=outputs, heads=heads, prev=prev)
-        self._record(rgb, stamp, result)
+        result = self.inner.process(rgb, stamp, outputs=outputs, heads=heads, prev=prev,
+                                    bgr=bgr)
+        self._record(rgb, stamp, result, bgr)
         return result
 
-    def prepare(self, rgb, stamp, *, prev=None):
-        return self.inner.prepare(rgb, stamp, prev=prev)
+    def prepare(self, rgb, stamp, *, prev=None, bgr=False):
+        return self.inner.prepare(rgb, stamp, prev=prev, bgr=bgr)
 
     def infer(self, frames, heads=('fused',)):
         if self.delay_s:
@@ -70,7 +71,7 @@ class NodeHarness:
     """The node under test (plain or managed), a tester node and one executor spinning both."""
 
     def __init__(self, ctx, tiny_model, params=None, delay_s=0.0, node_class=Flow2SegNode,
-                 recording=True):
+                 recording=True, adapt=None):
         model, card = tiny_model
         self.pipelines = {}
         self.network_calls = []
@@ -79,6 +80,8 @@ class NodeHarness:
         def factory(values):
             name = next(names)
             pipe = FramePipeline(pipeline_config(values), model=model, card=card)
+            if adapt is not None:  # e.g. the device path's code on the CPU
+                adapt(pipe)
             self.pipelines[name] = RecordingPipeline(pipe, name, self.network_calls, delay_s)
             return self.pipelines[name]
 

@@ -27,6 +27,36 @@ def test_latest_wins_and_pairs_with_the_frame_received_before():
     assert s.take(timeout=0.01) is None  # nothing waits
 
 
+def test_bgr_frames_are_flagged_and_their_previous_frame_matches_their_order():
+    s = FrameScheduler(['a'])
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    s.put('a', rgb, 1.0)
+    s.put('a', rgb[..., ::-1].copy(), 2.0, bgr=True)  # the camera switched to bgr8
+    (frame,) = batch = s.take(timeout=1.0)
+    assert frame.bgr and frame.prev[1] == 1.0
+    np.testing.assert_array_equal(frame.prev[0], rgb[..., ::-1])  # in the frame's order
+    s.done(batch)
+    s.put('a', rgb, 3.0)
+    (frame,) = s.take(timeout=1.0)
+    assert not frame.bgr
+    np.testing.assert_array_equal(frame.prev[0], rgb)
+
+
+def test_run_batch_tells_a_pipeline_about_bgr_frames_only():
+    from flow2seg_ros.cameras import PendingFrame, run_batch
+    calls = []
+
+    class Pipe:
+        def process(self, rgb, stamp, **kwargs):
+            calls.append(kwargs)
+            return 'result'
+
+    for bgr in (False, True):
+        frame = PendingFrame('a', _rgb(1), 1.0, None, None, 0.0, bgr)
+        assert run_batch([frame], {'a': Pipe()}, {'a': ()}) == [(frame, 'result', None)]
+    assert 'bgr' not in calls[0] and calls[1]['bgr'] is True
+
+
 def test_round_robin_serves_every_camera_in_turn():
     s = FrameScheduler(['a', 'b', 'c'], max_batch=1)
     for name in 'abc':

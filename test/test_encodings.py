@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from flow2seg_ros.encodings import (
-    compressed_msg_to_rgb, image_msg_to_rgb, ImageFormatError, mono_to_image_fields,
-    rgb_to_image_fields)
+    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_frame, image_msg_to_rgb,
+    ImageFormatError, mono_to_image_fields, rgb_to_image_fields)
 
 
 def _msg(encoding, array, *, pad=0, bigendian=False, step=None, data=None):
@@ -180,3 +180,30 @@ def test_compressed(rgb):
         compressed_msg_to_rgb(SimpleNamespace(format='jpeg', data=b'not a jpg'))
     with pytest.raises(ImageFormatError, match='empty'):
         compressed_msg_to_rgb(SimpleNamespace(format='png', data=b''))
+
+
+@pytest.mark.parametrize('pad', [0, 6])
+def test_frames_for_the_device_path_keep_bgr_as_it_is(rgb, pad):
+    """bgr8 goes to the device path unconverted (swapped there); others become RGB."""
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    pixels, is_bgr = image_msg_to_frame(_msg('bgr8', bgr, pad=pad))
+    assert is_bgr and pixels.flags.c_contiguous
+    np.testing.assert_array_equal(pixels, bgr)
+    for encoding, array in (('rgb8', rgb), ('mono8', rgb[..., 0])):
+        pixels, is_bgr = image_msg_to_frame(_msg(encoding, array, pad=pad))
+        assert not is_bgr
+        np.testing.assert_array_equal(pixels, image_msg_to_rgb(_msg(encoding, array, pad=pad)))
+    with pytest.raises(ImageFormatError, match='bytes'):
+        image_msg_to_frame(_msg('bgr8', bgr, data=b'\0' * 10))
+
+
+def test_rclpy_messages_are_filled_in_place():
+    """An rclpy Image gets its data in its own buffer (one copy), equal to the array."""
+    image_type = pytest.importorskip('sensor_msgs.msg').Image
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    msg = image_msg_from_array(arr, 'rgb8', image_type().header, image_type)
+    assert type(msg.data).__name__ == 'array' and msg.step == 21
+    np.testing.assert_array_equal(image_msg_to_rgb(msg, use_cv_bridge=False), arr)
+    stand_in = image_msg_from_array(arr, 'rgb8', None, SimpleNamespace)
+    assert isinstance(stand_in.data, bytes) and stand_in.data == arr.tobytes()

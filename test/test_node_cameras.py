@@ -216,3 +216,34 @@ def test_shared_model_factory_loads_one_model(tiny_model_file, backend):
     ref = weakref.ref(factory.model)
     del first, second, factory
     assert ref() is None, 'the model is freed with its pipelines'
+
+
+def test_bgr8_frames_reach_a_device_path_pipeline_unconverted(harness, tiny_model):
+    """With the device path (its code run on the CPU here), a bgr8 camera's pixels go to the
+    pipeline as they are, flagged, and the labels equal those of the same frames sent as rgb8."""
+    from flow2seg_ros.device_path import DevicePath
+    from flow2seg_ros.encodings import image_msg_from_array
+
+    def device_path(pipe):
+        pipe.cpu_path = None
+        pipe.device_path = DevicePath.for_pipeline(pipe)
+
+    h = harness(adapt=device_path)
+    labels = h.subscribe('/flow2seg_node/labels')
+    pub = h.tester.create_publisher(Image, '/image', RELIABLE)
+    h.spin_until(lambda: pub.get_subscription_count() > 0, 5.0, 'the node to subscribe')
+    sent = []
+    for k in range(3):
+        rgb = frame(70 + k, 48, 64)
+        sent.append((rgb, 20.0 + 0.05 * k))
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        header = image(rgb, 20.0 + 0.05 * k, 'cam').header
+        pub.publish(image_msg_from_array(bgr, 'bgr8', header, Image))
+        h.spin_until(lambda: len(labels) == k + 1, 10.0, f'labels of frame {k}')
+    (pipe,) = h.pipelines.values()
+    assert [r.bgr for r in pipe.results] == [True] * 3
+    for r, (rgb, _) in zip(pipe.results, sent):
+        np.testing.assert_array_equal(r.rgb, rgb[..., ::-1])  # no host conversion
+    expected = _reference(tiny_model, h.node._values, sent)
+    for msg, want in zip(labels, expected):
+        np.testing.assert_array_equal(labels_of(msg), want)
