@@ -148,3 +148,27 @@ def test_peers_and_backend_are_timed_in_the_same_loop(tmp_path, tiny_model_file,
     assert 'flow_thread' not in config['sequential_stages_ms']
     assert config['sequential_stages_ms']['flow'] > 0
     assert math.isfinite(config['ratios']['overlap_speedup'])
+
+
+def test_model_speed_times_two_models_in_one_run(tiny_model_file, tmp_path, capsys):
+    """benchmarks/model_speed.py: both models timed interleaved, the ratio reported."""
+    import sys
+    from pathlib import Path
+    bench_dir = Path(__file__).resolve().parents[1] / 'benchmarks'
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location('model_speed', bench_dir / 'model_speed.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench_dir))
+    out = tmp_path / 'speed.json'
+    assert module.main([str(tiny_model_file), str(tiny_model_file), '--camera', '96x64',
+                        '--frames', '13', '--threads', '1', '--out', str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report['models']) == 2 and report['ratio_second_to_first'] > 0
+    assert all(m['median_ms']['process'] > 0 and 'network' in m['median_ms']
+               for m in report['models'])
+    assert 'second / first' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='not found'):
+        module.main([str(tmp_path / 'missing.safetensors'), str(tiny_model_file)])
