@@ -286,6 +286,8 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             'node_share': (med['convert'] + med['messages']) / med['frame']
             if med.get('frame') else float('nan'),
         }
+        if pipe.device_path is not None and pipe.device_path.format_choice:
+            out['memory_format'] = pipe.device_path.format_choice
         if runner is not None:
             out['graph_captures'] = runner.captures
             out['graph_failures'] = dict(runner.failed)
@@ -372,6 +374,7 @@ def time_formats(model: torch.nn.Module, device: torch.device, *, input_size: tu
         for precision in PRECISIONS:
             path = DevicePath(device, input_size=(h, w), mean=(0, 0, 0), std=(1, 1, 1),
                               palette=np.zeros((256, 3), np.uint8), precision=precision)
+            path.choose_format = False  # each format as given
             times = []
             for _ in range(calls + 3):
                 torch.cuda.synchronize()

@@ -14,7 +14,8 @@ Shapes: frames are (H, W, 3) uint8 as they come from the camera; network-side im
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+import time
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 __all__ = ['frame_to_nchw', 'resize_to_network', 'normalise', 'nearest_indices',
            'resize_nearest', 'resize_linear_u8', 'colorize', 'blend', 'full_size',
            'labels_and_confidence',
-           'fast_atan2_deg', 'flow_picture', 'round_half_up', 'cast_model']
+           'fast_atan2_deg', 'flow_picture', 'round_half_up', 'cast_model',
+           'faster_memory_format']
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
@@ -291,3 +293,55 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         if isinstance(module, _NORMS):
             module.float()
     return cast
+
+
+def faster_memory_format(model: torch.nn.Module, x: torch.Tensor, *, graphs: Any,
+                         replays: int = 10, margin: float = 0.97) -> dict[str, Any]:
+    """Time ``model`` on ``x`` in NCHW and in channels-last and say which is faster.
+
+    Which format is faster depends on the network and the precision (on an H100 channels-last
+    made the lite network in bf16 faster and the paper preset 2-3x slower), so it is measured,
+    once, as the path runs it: replayed as a graph by ``graphs`` (a ``GraphRunner`` class;
+    eagerly where graphs are off or on the CPU).
+
+    Args:
+        model: the network as it will run (weights cast already).
+        x: (N, 3, h, w) input of the network's size and type.
+        graphs: the graph runner class.
+        replays: timed calls per format after two untimed ones.
+        margin: channels-last must take under ``margin`` times NCHW's time to be chosen.
+
+    Returns:
+        ``{'format': 'nchw' | 'channels_last', 'ms': {format: ms per call}}``.
+    """
+    cuda = x.device.type == 'cuda'
+    flow = None
+    if getattr(model, 'has_flow', True):
+        flow = torch.zeros((x.shape[0], 2, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+    times = {}
+    for name, fmt in (('nchw', torch.contiguous_format), ('channels_last', torch.channels_last)):
+        net = model if name == 'nchw' else copy.deepcopy(model).to(memory_format=fmt)
+        inputs = [x.contiguous(memory_format=fmt)]
+        if flow is not None:
+            inputs.append(flow.contiguous(memory_format=fmt))
+
+        def call(*args: torch.Tensor, net: torch.nn.Module = net) -> tuple[torch.Tensor, ...]:
+            return tuple(net(args[0], args[1] if len(args) > 1 else None,
+                             heads=('fused',)).values())
+
+        runner = graphs()
+        with torch.inference_mode():
+            for _ in range(2):
+                runner('probe', call, inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(replays):
+                runner('probe', call, inputs)
+            if cuda:
+                torch.cuda.synchronize()
+        times[name] = 1e3 * (time.perf_counter() - t0) / replays
+        runner.clear()
+        del net
+    best = 'channels_last' if times['channels_last'] < margin * times['nchw'] else 'nchw'
+    return {'format': best, 'ms': {k: round(v, 3) for k, v in times.items()}}

@@ -111,6 +111,11 @@ def format_table(report: dict[str, Any]) -> str:
             compiled = f'failed: {comp.get("compile_error")}'
         lines.append(f'torch.compile lite {comp["precision"]}: eager {comp["eager_ms"]:.2f} ms, '
                      f'CUDA graph {comp["graph_ms"]:.2f} ms, compiled {compiled}')
+    chosen = {(c['preset'], size_text(c['network']), c['precision']): c['memory_format']
+              for c in report['configs'] if c.get('memory_format')}
+    for (preset, net, precision), choice in chosen.items():
+        lines.append(f'memory format chosen, {preset} {net} {precision}: {choice["format"]} '
+                     + '(' + ', '.join(f'{k} {v:.2f} ms' for k, v in choice['ms'].items()) + ')')
     for net, times in report.get('formats', {}).items():
         lines.append(f'network alone as a CUDA graph, {net}: ' + ', '.join(
             f'{k} {v:.2f} ms' for k, v in times.items()))

@@ -433,7 +433,35 @@ def test_cast_model_holds_reduced_weights_and_fp32_norms():
     out = path.network(model, x, flow, ('fused', 'image'))
     assert out['fused'].dtype == torch.bfloat16 and set(out) == {'fused', 'image'}
     assert (out['fused'].float().argmax(1) == want.argmax(1)).float().mean() > 0.9
-    assert path._model(model) is path._model(model) is not model  # one copy, reused
+    assert path._model(model, x) is path._model(model, x) is not model  # one copy, reused
+
+
+class _FormatProbe(torch.nn.Module):
+    """A network whose speed depends on its input's memory format (a sleep stands in)."""
+
+    def __init__(self, slow_format):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.slow_format = slow_format
+
+    def forward(self, x, flow, heads=('fused',)):
+        import time
+        if x.is_contiguous(memory_format=self.slow_format) and not x.is_contiguous():
+            time.sleep(0.004)  # channels-last slow
+        elif x.is_contiguous() and self.slow_format == torch.contiguous_format:
+            time.sleep(0.004)  # NCHW slow
+        assert flow is not None and flow.shape[1] == 2
+        return {'fused': self.conv(x)}
+
+
+@pytest.mark.parametrize('slow,expected', [(torch.channels_last, 'nchw'),
+                                           (torch.contiguous_format, 'channels_last')])
+def test_the_faster_memory_format_is_measured_and_kept(slow, expected):
+    x = torch.randn(1, 3, 8, 16)
+    choice = gpu_ops.faster_memory_format(_FormatProbe(slow), x, graphs=GraphRunner, replays=5)
+    assert choice['format'] == expected, choice
+    assert set(choice['ms']) == {'nchw', 'channels_last'}
+    assert min(choice['ms'].values()) < 3.0 < max(choice['ms'].values())
 
 
 def test_a_flow_method_other_than_the_cards_gets_its_own_default_preset():
