@@ -26,6 +26,9 @@ Rows are read ``step`` bytes apart (padding skipped) and 16-bit samples honour
 """
 
 import array as pyarray
+from concurrent.futures import ThreadPoolExecutor
+import os
+import threading
 from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
 
@@ -34,6 +37,8 @@ import numpy as np
 
 __all__ = [
     'ImageFormatError',
+    'MessageBuffers',
+    'PARALLEL_COPY_BYTES',
     'SUPPORTED_ENCODINGS',
     'compressed_msg_to_rgb',
     'image_fields',
@@ -42,6 +47,7 @@ __all__ = [
     'image_msg_to_frame',
     'image_msg_to_rgb',
     'mono_to_image_fields',
+    'parallel_copy',
     'rgb_to_image_fields',
 ]
 
@@ -284,6 +290,93 @@ def image_msg_from_array(array: np.ndarray, encoding: str, header: Any, msg_type
     else:
         msg.data = data.tobytes()
     return msg
+
+
+#: Copies of at least twice this many bytes are split into chunks of at least this size over
+#: a few threads (numpy copies release the GIL), on hosts of 4 cores or more: on 2 cores one
+#: thread already fills the memory bandwidth.
+PARALLEL_COPY_BYTES = 1 << 20
+COPY_THREADS = min(4, (os.cpu_count() or 1) - 1) if (os.cpu_count() or 1) >= 4 else 0
+_POOLS: Dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _copy_pool(threads: int) -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(max_workers=threads,
+                                                 thread_name_prefix='flow2seg-copy')
+        return _POOLS[threads]
+
+
+def parallel_copy(dst: np.ndarray, src: np.ndarray, threads: Optional[int] = None) -> None:
+    """``dst[:] = src`` for flat uint8 arrays, large ones in chunks on a few threads.
+
+    Args:
+        dst: destination.
+        src: source of the same size.
+        threads: helper threads (default :data:`COPY_THREADS`; 0 copies on this thread).
+    """
+    n = src.size
+    threads = COPY_THREADS if threads is None else threads
+    parts = min(threads + 1, n // PARALLEL_COPY_BYTES) if threads > 0 else 1
+    if parts <= 1:
+        np.copyto(dst, src)
+        return
+    pool = _copy_pool(threads)
+    bounds = [n * i // parts for i in range(parts + 1)]
+    pending = [pool.submit(np.copyto, dst[a:b], src[a:b])
+               for a, b in zip(bounds[1:-1], bounds[2:])]
+    np.copyto(dst[:bounds[1]], src[:bounds[1]])  # this thread takes the first chunk
+    for job in pending:
+        job.result()
+
+
+class MessageBuffers:
+    """One image message per output, reused frame after frame, filled on a few threads.
+
+    Publishing serialises a message (rclpy converts it to its C form in ``publish``), so the
+    same message object and its ``data`` buffer, sized once, can carry every frame of an
+    output: each frame costs one copy of the pixels, split over threads for large images,
+    instead of a new buffer and a copy on one thread (at 2048x1024 the three outputs are
+    14 MB). A message handed out is rewritten by the next call with the same key: publish it
+    first.
+
+    Args:
+        msg_type: rclpy's ``sensor_msgs.msg.Image``, or ``types.SimpleNamespace`` off ROS.
+    """
+
+    def __init__(self, msg_type: Any) -> None:
+        self.msg_type = msg_type
+        self._messages: Dict[str, Tuple[Any, np.ndarray]] = {}
+
+    def message(self, key: str, array: np.ndarray, encoding: str, header: Any) -> Any:
+        """The message of ``key`` holding ``array`` (see :func:`image_fields`) and ``header``.
+
+        Args:
+            key: the output (one message each).
+            array: samples in the encoding's layout.
+            encoding: the encoding to declare.
+            header: the header to carry (the input's, for the node's outputs).
+        """
+        fields = image_fields(array, encoding, data_as_array=True)
+        data = fields.pop('data')
+        held = self._messages.get(key)
+        if held is None or held[1].size != data.size:
+            msg = self.msg_type()
+            own = getattr(msg, 'data', None)
+            if not isinstance(own, pyarray.array) or own.typecode != 'B':
+                own = pyarray.array('B')
+                msg.data = own
+            del own[:]
+            own.frombytes(bytes(data.size))  # sized once; the message keeps this buffer
+            held = self._messages[key] = (msg, np.frombuffer(own, dtype=np.uint8))
+        msg, view = held
+        msg.header = header
+        for name, value in fields.items():
+            setattr(msg, name, value)
+        parallel_copy(view, data)
+        return msg
 
 
 def image_msg_to_array(msg: Any) -> np.ndarray:

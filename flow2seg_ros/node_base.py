@@ -26,8 +26,8 @@ import torch
 from flow2seg_ros.cameras import CameraStats, FrameScheduler, PendingFrame, run_batch
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.encodings import (
-    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_frame, image_msg_to_rgb,
-    ImageFormatError)
+    compressed_msg_to_rgb, image_msg_to_frame, image_msg_to_rgb, ImageFormatError,
+    MessageBuffers)
 from flow2seg_ros.node_params import (
     batch_size, camera_names, DEFAULTS, describe_type_error, DESCRIPTIONS, NodeConfigError,
     OPTIONAL_OUTPUTS, pipeline_config, RUNTIME, validate_parameters, worker_count)
@@ -93,6 +93,7 @@ class _Camera:
         self.pub_optional: Dict[str, Any] = {}
         self.pub_processing: Any = None
         self.pub_latency: Any = None
+        self.messages = MessageBuffers(Image)  # one reused message per output
         self.rate_mark = (time.monotonic(), 0)
         self.latency_sum_ms = 0.0
         self.latency_count = 0
@@ -441,12 +442,13 @@ class SegmentationNodeMixin:
             stats.last_reset_reason = reason
 
         header = frame.meta
-        cam.pub_labels.publish(image_msg_from_array(result.labels, 'mono8', header, Image))
+        # each output's message is reused (publish serialises it): one copy of the pixels
+        cam.pub_labels.publish(cam.messages.message('labels', result.labels, 'mono8', header))
         for topic, (output, encoding) in OPTIONAL_OUTPUTS.items():
             array = getattr(result, output, None)
             if array is not None:
                 cam.pub_optional[topic].publish(
-                    image_msg_from_array(array, encoding, header, Image))
+                    cam.messages.message(topic, array, encoding, header))
 
         latency_ms = (self.get_clock().now().nanoseconds
                       - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)) / 1e6

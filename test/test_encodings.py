@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from flow2seg_ros.encodings import (
-    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_frame, image_msg_to_rgb,
-    ImageFormatError, mono_to_image_fields, rgb_to_image_fields)
+    compressed_msg_to_rgb, image_msg_from_array, image_msg_to_array, image_msg_to_frame,
+    image_msg_to_rgb, ImageFormatError, MessageBuffers, mono_to_image_fields, parallel_copy,
+    PARALLEL_COPY_BYTES, rgb_to_image_fields)
 
 
 def _msg(encoding, array, *, pad=0, bigendian=False, step=None, data=None):
@@ -207,3 +208,56 @@ def test_rclpy_messages_are_filled_in_place():
     np.testing.assert_array_equal(image_msg_to_rgb(msg, use_cv_bridge=False), arr)
     stand_in = image_msg_from_array(arr, 'rgb8', None, SimpleNamespace)
     assert isinstance(stand_in.data, bytes) and stand_in.data == arr.tobytes()
+
+
+def _image_types():
+    types = [SimpleNamespace]
+    try:
+        from sensor_msgs.msg import Image
+        types.append(Image)
+    except ImportError:  # pragma: no cover - rclpy is in requirements.txt
+        pass
+    return types
+
+
+@pytest.mark.parametrize('image_type', _image_types(), ids=lambda t: t.__name__)
+def test_message_buffers_reuse_one_message_per_output(image_type):
+    """Each output has one message, reused frame after frame with its buffer (sized once);
+    every frame's pixels, fields and header are the frame's own; a new size gets a new
+    buffer; outputs do not share."""
+    rng = np.random.default_rng(4)
+    boxes = MessageBuffers(image_type)
+    first_buffer = None
+    for i, (h, w) in enumerate([(6, 10), (6, 10), (6, 10), (9, 4), (9, 4)]):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        labels = rng.integers(0, 19, (h, w), dtype=np.uint8)
+        header = SimpleNamespace(frame_id=f'cam{i}')
+        a = boxes.message('overlay', rgb, 'rgb8', header)
+        b = boxes.message('labels', labels, 'mono8', header)
+        assert a is not b and a.header is header and b.header is header
+        assert (a.height, a.width, a.step, a.encoding) == (h, w, 3 * w, 'rgb8')
+        assert (b.height, b.width, b.step, b.encoding) == (h, w, w, 'mono8')
+        np.testing.assert_array_equal(image_msg_to_array(a), rgb)
+        np.testing.assert_array_equal(image_msg_to_array(b), labels)
+        if i == 0:
+            first, first_buffer = a, a.data
+        elif i < 3:
+            assert a is first and a.data is first_buffer  # the same message and buffer
+        else:
+            assert len(a.data) == h * w * 3
+    with pytest.raises(ValueError, match='rgb8'):
+        boxes.message('overlay', labels, 'rgb8', None)
+
+
+@pytest.mark.parametrize('threads', [0, 1, 3])
+def test_parallel_copy_equals_copy(threads):
+    """Large copies are split in chunks over threads; every byte lands where it belongs."""
+    rng = np.random.default_rng(5)
+    n = 3 * PARALLEL_COPY_BYTES + 12345
+    src = rng.integers(0, 256, n, dtype=np.uint8)
+    dst = np.zeros(n, np.uint8)
+    parallel_copy(dst, src, threads=threads)
+    np.testing.assert_array_equal(dst, src)
+    small = np.zeros(10, np.uint8)
+    parallel_copy(small, src[:10], threads=threads)
+    np.testing.assert_array_equal(small, src[:10])
