@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from flow2seg_ros import gpu_ops
+from flow2seg_ros.encodings import parallel_copy
 from flow2seg_ros.flow import scale_flow
 
 __all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'PinnedUpload',
@@ -77,7 +78,11 @@ class PinnedUpload:
             self.allocations += 1
         elif self._event is not None:
             self._event.synchronize()  # the last copy out of the buffer is done
-        np.copyto(self._host.numpy(), array)
+        host = self._host.numpy()
+        if array.flags.c_contiguous and array.dtype == np.uint8:  # large frames on a few threads
+            parallel_copy(host.reshape(-1), array.reshape(-1))
+        else:
+            np.copyto(host, array)
         if self.device.type != 'cuda':
             return self._host.clone()
         out = self._host.to(self.device, non_blocking=True)
@@ -251,7 +256,7 @@ class DevicePath:
         palette: (256, 3) uint8 colour of each label.
         overlay_alpha: weight of the colour mask in the overlay.
         precision: ``fp32``, ``fp16`` or ``bf16`` (on CUDA the network runs as a copy cast to
-            that type, norm layers in fp32: :func:`gpu_ops.cast_model`).
+            that type, norm layers folded or in fp32: :func:`gpu_ops.inference_copy`).
         graphs: capture CUDA graphs (CUDA only; False runs eagerly).
     """
 
@@ -345,14 +350,15 @@ class DevicePath:
                            size=tuple(prev.shape[-2:]))[0]
 
     def _model(self, model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-        # fp16/bf16: a copy with the weights already in that type (no per-call weight casts),
-        # in the memory format measured faster for it (graphs on CUDA)
-        if self.amp_dtype is None:  # fp32, and always on the CPU
+        # on CUDA an inference copy (norms folded into the convolutions; fp16/bf16: weights
+        # already in that type, no per-call casts, in the memory format measured faster)
+        if self.amp_dtype is None and x.device.type != 'cuda':  # the CPU: the model itself
             return model
         hit = self._cast.get(id(model))
         if hit is None or hit[0] is not model:
-            cast = gpu_ops.cast_model(model, self.amp_dtype)
-            if self.choose_format and self.runner.enabled and x.device.type == 'cuda':
+            cast = gpu_ops.inference_copy(model, self.amp_dtype)
+            if (self.amp_dtype is not None and self.choose_format and self.runner.enabled
+                    and x.device.type == 'cuda'):
                 self.format_choice = gpu_ops.faster_memory_format(
                     cast, x.to(self.amp_dtype), graphs=GraphRunner)
                 if self.format_choice['format'] == 'channels_last':
@@ -396,7 +402,8 @@ class DevicePath:
         model = self._model(model, x)
 
         def image_path(x: torch.Tensor) -> tuple[torch.Tensor]:
-            return (model.image_logits(self._in(x))[0],)
+            # logits leave the network in NCHW whatever its format (small at their stride)
+            return (model.image_logits(self._in(x))[0].contiguous(),)
 
         image = self.runner('image', image_path, (x,), key, size=size)[0]
         idx = [i for i, f in enumerate(frames)
@@ -416,8 +423,8 @@ class DevicePath:
 
             def flow_path(image: torch.Tensor, flow_in: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-                flow_logits = model.flow_logits(self._in(flow_in))
-                return model.fuse(image, flow_logits), flow_logits
+                flow_logits = model.flow_logits(self._in(flow_in)).contiguous()
+                return model.fuse(image, flow_logits).contiguous(), flow_logits
 
             picked = image if len(idx) == len(frames) else image[idx]
             fused, flow_logits = self.runner('fuse', flow_path, (picked, flow_in), key,
@@ -460,7 +467,7 @@ class DevicePath:
             out = model(self._in(args[0]), self._in(args[1]) if len(args) > 1 else None,
                         heads=heads)
             names[:] = list(out)
-            return tuple(out.values())
+            return tuple(v.contiguous() for v in out.values())
 
         inputs = (x,) if flow is None else (x, flow)
         values = self.runner('net', net, inputs, key, size=tuple(x.shape[-2:]))

@@ -4,10 +4,11 @@
    replay against eager, recapture after a resolution change, buffers reused safely.
 2. The pipeline as the node runs it, timed frame by frame: an ``rgb8`` camera message converted
    (``encodings.image_msg_to_rgb``), :meth:`FramePipeline.process` (upload to published outputs
-   on the host), the three output messages built (``encodings.image_msg_from_array``; rclpy's
-   types when rclpy is there, a stand-in otherwise). Over both presets (the bundled lite model;
-   the paper preset with random weights), 512x256 and 1024x512 networks, 1280x720 and 2048x1024
-   camera frames, each precision, CUDA graphs on and off. Medians of the timed frames.
+   on the host), the three output messages filled as the node fills them
+   (``encodings.MessageBuffers``; rclpy's types when rclpy is there, a stand-in otherwise).
+   Over both presets (the bundled lite model; the paper preset with random weights), 512x256
+   and 1024x512 networks, 1280x720 and 2048x1024 camera frames, each precision, CUDA graphs
+   on and off. Medians of the timed frames.
 3. ``torch.compile`` of the lite network against the same network replayed as a CUDA graph:
    compile time, steady time, recompiles over 20 calls.
 
@@ -35,9 +36,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from flow2seg_ros import gpu_ops
 from flow2seg_ros.classes import cityscapes_classes, ClassSet
-from flow2seg_ros.device_path import DevicePath
-from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
+from flow2seg_ros.device_path import AUTOCAST_DTYPES, DevicePath, GraphRunner
+from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb, MessageBuffers
 from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.gpu_report import (AIMS, check_aims, format_table, row as report_row,
                                      size_text)
@@ -188,10 +190,11 @@ def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float
     return out
 
 
-def _output_messages(result: Any, header: Any, image_type: Any) -> list[Any]:
-    return [image_msg_from_array(array, encoding, header, image_type or SimpleNamespace)
-            for array, encoding in ((result.labels, 'mono8'), (result.color_mask, 'rgb8'),
-                                    (result.overlay, 'rgb8'))]
+def _output_messages(result: Any, header: Any, messages: MessageBuffers) -> list[Any]:
+    return [messages.message(key, array, encoding, header)
+            for key, array, encoding in (('labels', result.labels, 'mono8'),
+                                         ('color_mask', result.color_mask, 'rgb8'),
+                                         ('overlay', result.overlay, 'rgb8'))]
 
 
 def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
@@ -245,6 +248,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             pipe.device_path = DevicePath.for_pipeline(pipe)
         pipes.append(pipe)
     image_type = _message_type()
+    outboxes = [MessageBuffers(image_type or SimpleNamespace) for _ in pipes]  # as the node's
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     stages: list[dict[str, list[float]]] = [{} for _ in pipes]
@@ -257,7 +261,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             t1 = time.perf_counter()
             result = pipes[k].process(frame, stamp, outputs=('color_mask', 'overlay'))
             t2 = time.perf_counter()
-            _output_messages(result, msg.header, image_type)
+            _output_messages(result, msg.header, outboxes[k])
             t3 = time.perf_counter()
             if i < warmup:
                 continue
@@ -384,6 +388,26 @@ def time_formats(model: torch.nn.Module, device: torch.device, *, input_size: tu
                 times.append(1e3 * (time.perf_counter() - t0))
             out[f'{precision} {fmt}'] = round(_median(times[3:]), 3)
             del path
+        del net
+    for precision in PRECISIONS:  # NCHW with the norms not folded, for comparison
+        dtype = AUTOCAST_DTYPES[precision]
+        net = gpu_ops.inference_copy(model, dtype, fold=False)
+        xx, ff = (x, f) if dtype is None else (x.to(dtype), f.to(dtype))
+        runner = GraphRunner()
+
+        def call(a: torch.Tensor, b: torch.Tensor,
+                 net: torch.nn.Module = net) -> tuple[torch.Tensor, ...]:
+            return tuple(net(a, b, heads=('fused',)).values())
+        times = []
+        with torch.inference_mode():
+            for _ in range(calls + 3):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                runner('unfolded', call, (xx, ff))
+                torch.cuda.synchronize()
+                times.append(1e3 * (time.perf_counter() - t0))
+        out[f'{precision} nchw norms unfolded'] = round(_median(times[3:]), 3)
+        runner.clear()
         del net
     torch.cuda.empty_cache()
     return out

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 __all__ = ['frame_to_nchw', 'resize_to_network', 'normalise', 'nearest_indices',
            'resize_nearest', 'resize_linear_u8', 'colorize', 'blend', 'full_size',
            'labels_and_confidence',
-           'fast_atan2_deg', 'flow_picture', 'round_half_up', 'cast_model',
+           'fast_atan2_deg', 'flow_picture', 'round_half_up', 'fold_batchnorm', 'inference_copy',
            'faster_memory_format']
 
 
@@ -275,24 +275,68 @@ def flow_picture(flow: torch.Tensor, max_magnitude: float) -> torch.Tensor:
 _NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
-def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """An inference copy of ``model`` with its weights in ``dtype`` and its norm layers in fp32.
+def fold_batchnorm(model: torch.nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a convolution into it, in place (eval only).
+
+    The pairs are a ``Conv2d`` followed by a ``BatchNorm2d`` in an ``nn.Sequential`` (stems,
+    downsamples, heads, pyramid pooling bins) and torchvision's residual blocks' ``convN`` /
+    ``bnN``; each becomes one convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``) and an
+    ``Identity``: one kernel fewer per pair, and none of the norm kernels that reduced types
+    dispatch differently. Call it on an inference copy: training needs the norms.
+
+    Returns:
+        How many norms were folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    def foldable(conv: Any, bn: Any) -> bool:
+        return (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
+                and bn.running_mean is not None and conv.out_channels == bn.num_features)
+
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.Sequential):
+            pairs = [(a, b) for a, b in zip(list(module._modules), list(module._modules)[1:])]
+        elif isinstance(module, (BasicBlock, Bottleneck)):
+            pairs = [(f'conv{i}', f'bn{i}') for i in (1, 2, 3) if hasattr(module, f'bn{i}')]
+        else:
+            continue
+        for a, b in pairs:
+            conv, bn = getattr(module, a), getattr(module, b)
+            if foldable(conv, bn):
+                setattr(module, a, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                setattr(module, b, torch.nn.Identity())
+                folded += 1
+    return folded
+
+
+def inference_copy(model: torch.nn.Module, dtype: torch.dtype | None = None, *,
+                   fold: bool = True) -> torch.nn.Module:
+    """An inference copy of ``model``: norms folded into their convolutions, weights in ``dtype``.
 
     Under autocast, every convolution casts its fp32 weight to fp16/bf16 on every call: on a
     small, launch-bound network those cast kernels make fp16 slower than fp32. A copy that holds
-    the weights in the reduced type has nothing to cast; norm layers keep fp32 statistics (and
-    take reduced-type inputs, as under autocast). The copy does not follow later changes to
-    ``model``'s weights.
+    the weights in the reduced type has nothing to cast. Norms that follow a convolution are
+    folded into it (:func:`fold_batchnorm`, in fp32 before any cast); any other norm layer keeps
+    fp32 statistics (and takes reduced-type inputs, as under autocast). The copy does not follow
+    later changes to ``model``'s weights.
 
     Args:
         model: the network (left as it is).
-        dtype: ``torch.float16`` or ``torch.bfloat16``.
+        dtype: ``torch.float16`` or ``torch.bfloat16``; None keeps fp32.
+        fold: fold the norms (False: only cast; for comparison).
     """
-    cast = copy.deepcopy(model).to(dtype).eval()
-    for module in cast.modules():
+    copy_ = copy.deepcopy(model).eval()
+    if fold:
+        fold_batchnorm(copy_)
+    if dtype is None:
+        return copy_
+    copy_ = copy_.to(dtype)
+    for module in copy_.modules():
         if isinstance(module, _NORMS):
             module.float()
-    return cast
+    return copy_
 
 
 def faster_memory_format(model: torch.nn.Module, x: torch.Tensor, *, graphs: Any,

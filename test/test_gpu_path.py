@@ -405,12 +405,12 @@ def test_bf16_is_a_precision_and_falls_back_to_fp32_on_the_cpu(caplog):
         PipelineConfig(device='cpu', precision='fp8').validate()
 
 
-def test_cast_model_holds_reduced_weights_and_fp32_norms():
+def test_inference_copy_holds_reduced_weights_and_fp32_norms():
     """fp16/bf16 on CUDA run a copy whose weights need no per-call casts; its outputs are
     those of the fp32 model within reduced-precision error, and the model itself is left as is
-    (bf16 here: the CPU runs bf16 convolutions)."""
+    (bf16 here: the CPU runs bf16 convolutions). Unfolded, its norms stay fp32."""
     model = tiny_pipeline().model.eval()
-    cast = gpu_ops.cast_model(model, torch.bfloat16)
+    cast = gpu_ops.inference_copy(model, torch.bfloat16, fold=False)
     norms = [m for m in cast.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     convs = [m for m in cast.modules() if isinstance(m, torch.nn.Conv2d)]
     assert norms and convs
@@ -424,8 +424,11 @@ def test_cast_model_holds_reduced_weights_and_fp32_norms():
         want = model(x, flow, heads=('fused',))['fused']
         with torch.autocast('cpu', dtype=torch.bfloat16):
             got = cast(x, flow, heads=('fused',))['fused'].float()
-    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.9
-    assert torch.allclose(got, want, atol=0.1 * float(want.abs().max()))
+        folded = gpu_ops.inference_copy(model, torch.bfloat16)(x.bfloat16(), flow.bfloat16(),
+                                                               heads=('fused',))['fused']
+    for out in (got, folded.float()):
+        assert (out.argmax(1) == want.argmax(1)).float().mean() > 0.9
+        assert torch.allclose(out, want, atol=0.1 * float(want.abs().max()))
     # the device path runs that copy with no autocast, inputs cast (bf16 forced on the CPU)
     path = DevicePath(torch.device('cpu'), input_size=NET, mean=(0, 0, 0), std=(1, 1, 1),
                       palette=np.zeros((256, 3), np.uint8), graphs=False)
@@ -434,6 +437,42 @@ def test_cast_model_holds_reduced_weights_and_fp32_norms():
     assert out['fused'].dtype == torch.bfloat16 and set(out) == {'fused', 'image'}
     assert (out['fused'].float().argmax(1) == want.argmax(1)).float().mean() > 0.9
     assert path._model(model, x) is path._model(model, x) is not model  # one copy, reused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in path._model(model, x).modules())
+
+
+@pytest.mark.parametrize('which', ['lite', 'resnet18'])
+def test_fold_batchnorm_keeps_outputs(which):
+    """Every norm after a convolution (stems, residual blocks, downsamples, pyramid pooling,
+    heads) is folded into it; the fp32 copy's outputs equal the model's to rounding."""
+    if which == 'lite':
+        model = tiny_pipeline().model.eval()
+        torch.manual_seed(2)
+        for m in model.modules():  # statistics away from the defaults, so folding matters
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+        args = (torch.randn(1, 3, *NET), torch.randn(1, 2, *NET))
+
+        def run(net):
+            return net(*args, heads=('fused', 'image', 'flow'))
+    else:
+        from flow2seg_ros.models import resnet_backbone
+        model = resnet_backbone('resnet18').eval()
+        args = (torch.randn(1, 3, 64, 96),)
+
+        def run(net):
+            return dict(net(*args))  # {stage: features}
+    before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    copy_ = gpu_ops.inference_copy(model)
+    assert before > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy_.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == before
+    with torch.no_grad():
+        want, got = run(model), run(copy_)
+    assert set(want) == set(got)
+    for k, w in want.items():
+        assert torch.allclose(got[k], w, rtol=1e-4, atol=1e-4 * float(w.abs().max())), k
 
 
 class _FormatProbe(torch.nn.Module):
