@@ -4,7 +4,9 @@
 is uploaded as it arrived (uint8, camera size, RGB or BGR) through a reused page-locked buffer;
 the resize to the network size, normalisation, network, argmax, labels at camera size, colour
 mask, overlay, confidence and flow picture all run on the device (:mod:`flow2seg_ros.gpu_ops`);
-what is published comes back in one copy into page-locked memory.
+what is published comes back with one synchronisation, into page-locked memory: new blocks, or
+the node's reused message buffers, page-locked in place (:mod:`flow2seg_ros.transfers`), so
+the pixels are not copied again on the host.
 
 Every shape in that work is fixed by the camera and network sizes, so each stage (``pre``:
 resize and normalisation; ``image``: the image path; ``flow``: a device flow network; ``fuse``:
@@ -18,6 +20,7 @@ pipeline keeps its own CPU path there, which is faster on a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 import logging
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -26,11 +29,11 @@ import numpy as np
 import torch
 
 from flow2seg_ros import gpu_ops
-from flow2seg_ros.encodings import parallel_copy
 from flow2seg_ros.flow import scale_flow
+from flow2seg_ros.transfers import PinnedDownload, PinnedUpload
 
-__all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'PinnedUpload',
-           'PinnedDownload', 'autocast_dtype']
+__all__ = ['AUTOCAST_DTYPES', 'DeviceFrame', 'DevicePath', 'GraphRunner', 'MESSAGE_OUTPUTS',
+           'PinnedUpload', 'PinnedDownload', 'autocast_dtype']
 
 log = logging.getLogger(__name__)
 
@@ -48,73 +51,6 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f'precision must be one of {tuple(AUTOCAST_DTYPES)}, got {precision!r}')
     return AUTOCAST_DTYPES[precision] if device.type == 'cuda' else None
-
-
-class PinnedUpload:
-    """Host frame -> device tensor through one reused host buffer (page-locked on CUDA).
-
-    The buffer is rewritten only after the previous frame's copy out of it has finished (an
-    event recorded after each copy is waited on first), so reuse is safe whatever the caller
-    does between frames. Each call returns a new device tensor (from torch's caching allocator).
-
-    Args:
-        device: where frames go.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._host: Optional[torch.Tensor] = None
-        self._event: Optional[Any] = None
-        self.allocations = 0
-
-    def __call__(self, array: np.ndarray) -> torch.Tensor:
-        dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
-        if self._host is None or tuple(self._host.shape) != array.shape \
-                or self._host.dtype != dtype:
-            if self._event is not None:
-                self._event.synchronize()
-            host = torch.empty(array.shape, dtype=dtype)
-            self._host = host.pin_memory() if self.device.type == 'cuda' else host
-            self.allocations += 1
-        elif self._event is not None:
-            self._event.synchronize()  # the last copy out of the buffer is done
-        host = self._host.numpy()
-        if array.flags.c_contiguous and array.dtype == np.uint8:  # large frames on a few threads
-            parallel_copy(host.reshape(-1), array.reshape(-1))
-        else:
-            np.copyto(host, array)
-        if self.device.type != 'cuda':
-            return self._host.clone()
-        out = self._host.to(self.device, non_blocking=True)
-        self._event = torch.cuda.Event()
-        self._event.record()
-        return out
-
-
-class PinnedDownload:
-    """Device -> host in one copy into page-locked memory (CUDA), as numpy arrays.
-
-    Each call takes a page-locked block from torch's caching host allocator; the returned arrays
-    are views of it and keep it alive, so results of earlier frames are never overwritten, and
-    the block goes back to the cache when they are dropped.
-
-    Args:
-        device: where the data is.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __call__(self, packed: torch.Tensor) -> np.ndarray:
-        """(n,) uint8 device tensor -> (n,) uint8 numpy array that owns its memory."""
-        if self.device.type != 'cuda':
-            return packed.numpy()
-        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-        host.copy_(packed, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        event.synchronize()
-        return host.numpy()
 
 
 @dataclass
@@ -275,10 +211,14 @@ class DevicePath:
         self.runner = GraphRunner(enabled=graphs and device.type == 'cuda')
         self.upload = PinnedUpload(device)
         self.download = PinnedDownload(device)
+        #: where published outputs go on the host: None (page-locked blocks, never reused), or
+        #: an object whose ``buffer(name, shape)`` gives a uint8 host array to fill, for names
+        #: in :data:`MESSAGE_OUTPUTS` (a node's reused message buffers: rewritten next frame)
+        self.host_buffers: Any = None
         self._indices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._net_names: dict[tuple, list[str]] = {}
         self._cast: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
-        #: fp16/bf16 with graphs: time NCHW and channels-last once, keep the faster
+        #: fp16/bf16 on CUDA: time NCHW and channels-last once, keep the faster
         self.choose_format = True
         self.format_choice: dict[str, Any] = {}
         if device.type == 'cuda':
@@ -357,10 +297,11 @@ class DevicePath:
         hit = self._cast.get(id(model))
         if hit is None or hit[0] is not model:
             cast = gpu_ops.inference_copy(model, self.amp_dtype)
-            if (self.amp_dtype is not None and self.choose_format and self.runner.enabled
-                    and x.device.type == 'cuda'):
+            if self.amp_dtype is not None and self.choose_format and x.device.type == 'cuda':
+                # timed as it will run: replayed as a graph, or eagerly with graphs off
                 self.format_choice = gpu_ops.faster_memory_format(
-                    cast, x.to(self.amp_dtype), graphs=GraphRunner)
+                    cast, x.to(self.amp_dtype),
+                    graphs=functools.partial(GraphRunner, enabled=self.runner.enabled))
                 if self.format_choice['format'] == 'channels_last':
                     cast = cast.to(memory_format=torch.channels_last)
             hit = self._cast[id(model)] = (model, cast)
@@ -572,24 +513,25 @@ class DevicePath:
         inputs = [frame.frame, *small] + ([flow.to(self.device)] if has_flow else [])
         key = (tuple(layout), bgr, alpha)
         packed = self.runner('post', post, inputs, key, size=(big_h, big_w), clone=False)[0]
-        host = self.download(packed)
+        sizes = [(4 if name == 'flow' else 1) * int(np.prod(shape)) for name, shape in layout]
+        into = [self.host_buffers.buffer(name, shape)
+                if self.host_buffers is not None and name in MESSAGE_OUTPUTS else None
+                for name, shape in layout]
+        host = self.download.parts(packed, sizes, into)
         if lap is not None:
             lap('resize_back')
         return _unpack(host, layout, heads)
 
 
-def _unpack(host: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
+#: Outputs that :attr:`DevicePath.host_buffers` may take (what a node publishes).
+MESSAGE_OUTPUTS = ('labels', 'confidence', 'color_mask', 'overlay', 'flow_rgb')
+
+
+def _unpack(host: list[np.ndarray], layout: list[tuple[str, tuple[int, ...]]],
             heads: Iterable[str]) -> dict[str, Any]:
     arrays: dict[str, Any] = {}
-    offset = 0
-    for name, shape in layout:
-        if name == 'flow':
-            n = 4 * int(np.prod(shape))
-            arrays[name] = host[offset:offset + n].view(np.float32).reshape(shape)
-        else:
-            n = int(np.prod(shape))
-            arrays[name] = host[offset:offset + n].reshape(shape)
-        offset += n
+    for part, (name, shape) in zip(host, layout):
+        arrays[name] = (part.view(np.float32) if name == 'flow' else part).reshape(shape)
     result: dict[str, Any] = {k: arrays.get(k) for k in
                               ('labels', 'confidence', 'color_mask', 'overlay', 'flow_rgb',
                                'flow')}

@@ -337,10 +337,11 @@ class MessageBuffers:
 
     Publishing serialises a message (rclpy converts it to its C form in ``publish``), so the
     same message object and its ``data`` buffer, sized once, can carry every frame of an
-    output: each frame costs one copy of the pixels, split over threads for large images,
-    instead of a new buffer and a copy on one thread (at 2048x1024 the three outputs are
-    14 MB). A message handed out is rewritten by the next call with the same key: publish it
-    first.
+    output: each frame costs at most one copy of the pixels, split over threads for large
+    images, instead of a new buffer and a copy on one thread (at 2048x1024 the three outputs
+    are 14 MB). A producer can also write the pixels straight into the message's buffer
+    (:meth:`buffer`; the GPU path downloads into it), and then nothing is copied. A message
+    handed out is rewritten by the next frame with the same key: publish it first.
 
     Args:
         msg_type: rclpy's ``sensor_msgs.msg.Image``, or ``types.SimpleNamespace`` off ROS.
@@ -349,33 +350,50 @@ class MessageBuffers:
     def __init__(self, msg_type: Any) -> None:
         self.msg_type = msg_type
         self._messages: Dict[str, Tuple[Any, np.ndarray]] = {}
+        self.copies = 0  # messages filled by a copy (not written in place)
 
-    def message(self, key: str, array: np.ndarray, encoding: str, header: Any) -> Any:
-        """The message of ``key`` holding ``array`` (see :func:`image_fields`) and ``header``.
+    def buffer(self, key: str, shape: Tuple[int, ...]) -> np.ndarray:
+        """The uint8 buffer of ``key``'s message as an array of ``shape``, to write in place.
 
-        Args:
-            key: the output (one message each).
-            array: samples in the encoding's layout.
-            encoding: the encoding to declare.
-            header: the header to carry (the input's, for the node's outputs).
+        The buffer keeps its memory (and address) while its size stays; a new size gives the
+        message a new buffer.
         """
-        fields = image_fields(array, encoding, data_as_array=True)
-        data = fields.pop('data')
+        n = int(np.prod(shape))
         held = self._messages.get(key)
-        if held is None or held[1].size != data.size:
+        if held is None or held[1].size != n:
             msg = self.msg_type()
             own = getattr(msg, 'data', None)
             if not isinstance(own, pyarray.array) or own.typecode != 'B':
                 own = pyarray.array('B')
                 msg.data = own
             del own[:]
-            own.frombytes(bytes(data.size))  # sized once; the message keeps this buffer
+            own.frombytes(bytes(n))  # sized once; the message keeps this buffer
             held = self._messages[key] = (msg, np.frombuffer(own, dtype=np.uint8))
-        msg, view = held
+        return held[1].reshape(shape)
+
+    def message(self, key: str, array: np.ndarray, encoding: str, header: Any) -> Any:
+        """The message of ``key`` holding ``array`` (see :func:`image_fields`) and ``header``.
+
+        Args:
+            key: the output (one message each).
+            array: samples in the encoding's layout; where it is :meth:`buffer`'s array of
+                this key, the pixels are in place already and nothing is copied.
+            encoding: the encoding to declare.
+            header: the header to carry (the input's, for the node's outputs).
+        """
+        fields = image_fields(array, encoding, data_as_array=True)
+        data = fields.pop('data')
+        held = self._messages.get(key)
+        in_place = (held is not None and held[1].size == data.size
+                    and held[1].ctypes.data == data.ctypes.data)
+        view = self.buffer(key, data.shape)
+        if not in_place:
+            parallel_copy(view, data)
+            self.copies += 1
+        msg = self._messages[key][0]
         msg.header = header
         for name, value in fields.items():
             setattr(msg, name, value)
-        parallel_copy(view, data)
         return msg
 
 

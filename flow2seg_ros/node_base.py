@@ -94,6 +94,9 @@ class _Camera:
         self.pub_processing: Any = None
         self.pub_latency: Any = None
         self.messages = MessageBuffers(Image)  # one reused message per output
+        device_path = getattr(pipeline, 'device_path', None)
+        if device_path is not None:  # on a GPU, outputs come down into the messages' buffers
+            device_path.host_buffers = self.messages
         self.rate_mark = (time.monotonic(), 0)
         self.latency_sum_ms = 0.0
         self.latency_count = 0
@@ -442,13 +445,14 @@ class SegmentationNodeMixin:
             stats.last_reset_reason = reason
 
         header = frame.meta
-        # each output's message is reused (publish serialises it): one copy of the pixels
+        # each output's message is reused (publish serialises it): at most one copy of the
+        # pixels, none where the device path downloaded them into the message's buffer
         cam.pub_labels.publish(cam.messages.message('labels', result.labels, 'mono8', header))
         for topic, (output, encoding) in OPTIONAL_OUTPUTS.items():
             array = getattr(result, output, None)
             if array is not None:
                 cam.pub_optional[topic].publish(
-                    cam.messages.message(topic, array, encoding, header))
+                    cam.messages.message(output, array, encoding, header))
 
         latency_ms = (self.get_clock().now().nanoseconds
                       - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)) / 1e6

@@ -247,3 +247,38 @@ def test_bgr8_frames_reach_a_device_path_pipeline_unconverted(harness, tiny_mode
     expected = _reference(tiny_model, h.node._values, sent)
     for msg, want in zip(labels, expected):
         np.testing.assert_array_equal(labels_of(msg), want)
+
+
+def test_device_path_outputs_land_in_the_reused_messages(harness, tiny_model):
+    """With the device path (its code run on the CPU here), labels and pictures are downloaded
+    straight into each output's one reused message: nothing is copied on the host, and every
+    published frame still carries its own labels and overlay."""
+    from flow2seg_ros.device_path import DevicePath
+    from flow2seg_ros.visualize import overlay
+
+    def device_path(pipe):
+        pipe.cpu_path = None
+        pipe.device_path = DevicePath.for_pipeline(pipe)
+
+    h = harness(adapt=device_path)
+    labels = h.subscribe('/flow2seg_node/labels')
+    overlays = h.subscribe('/flow2seg_node/overlay')
+    pub = h.tester.create_publisher(Image, '/image', RELIABLE)
+    h.spin_until(lambda: pub.get_subscription_count() > 0, 5.0, 'the node to subscribe')
+    h.spin_until(lambda: h.node.wanted_outputs() == ('overlay',), 5.0, 'the overlay subscriber')
+    sent = []
+    for k in range(3):
+        rgb = frame(80 + k, 48, 64)
+        sent.append((rgb, 30.0 + 0.05 * k))
+        pub.publish(image(rgb, 30.0 + 0.05 * k, 'cam'))
+        h.spin_until(lambda: len(overlays) == k + 1, 10.0, f'overlay of frame {k}')
+    cam = h.node.cameras['']
+    assert cam.pipeline.device_path.host_buffers is cam.messages
+    assert cam.messages.copies == 0  # every output was written in place
+    expected = _reference(tiny_model, h.node._values, sent)
+    palette = h.node.pipeline.palette
+    for msg, over, want, (rgb, _) in zip(labels, overlays, expected, sent):
+        np.testing.assert_array_equal(labels_of(msg), want)
+        got = np.frombuffer(bytes(over.data), np.uint8).reshape(48, 64, 3)
+        ref = overlay(rgb, palette[want], h.node.pipeline.config.overlay_alpha)
+        assert np.abs(got.astype(int) - ref).max() <= 1
