@@ -249,6 +249,9 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         pipes.append(pipe)
     image_type = _message_type()
     outboxes = [MessageBuffers(image_type or SimpleNamespace) for _ in pipes]  # as the node's
+    for pipe, box in zip(pipes, outboxes):
+        if pipe.device_path is not None:  # outputs downloaded into the messages, as the node
+            pipe.device_path.host_buffers = box
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     stages: list[dict[str, list[float]]] = [{} for _ in pipes]
@@ -292,6 +295,11 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         }
         if pipe.device_path is not None and pipe.device_path.format_choice:
             out['memory_format'] = pipe.device_path.format_choice
+        if pipe.device_path is not None:  # message buffers page-locked in place, or not
+            registry = pipe.device_path.download.registry
+            out['host_buffers'] = {'page_locked': registry.registered,
+                                   'left_pageable': registry.skipped,
+                                   'host_copies': outboxes[pipes.index(pipe)].copies}
         if runner is not None:
             out['graph_captures'] = runner.captures
             out['graph_failures'] = dict(runner.failed)
