@@ -478,6 +478,14 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
     matrix = [('graphs',) + s + (PRECISIONS,) for s in sizes] + \
         [('host',) + s + (('fp32',),) for s in sizes] + \
         [('eager',) + s + (PRECISIONS,) for s in sizes]
+    try:  # a throwaway pass of the first configuration: host and GPU in a steady state
+        _, preset, network, camera, precisions = matrix[0]
+        time_configs(*nets[preset], preset=preset, network=network, camera=camera,
+                     precisions=precisions, graphs=True, device=device,
+                     frames=frames[camera][:args.warmup + 5], warmup=args.warmup,
+                     estimator=estimator)
+    except Exception as exc:  # noted; the timed pass reports its own errors
+        report['notes'].append(f'warm-up pass failed: {type(exc).__name__}: {exc}'[:500])
     for mode, preset, network, camera, precisions in matrix:
         what = f'{preset} {size_text(network)} {size_text(camera)} {"/".join(precisions)} {mode}'
         if time.perf_counter() - started > args.budget_s:
