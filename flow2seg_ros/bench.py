@@ -45,7 +45,7 @@ from flow2seg_ros.classes import cityscapes_classes, ClassSet
 from flow2seg_ros.cli import size_arg
 from flow2seg_ros.dds import apply_dds_environment
 from flow2seg_ros.devices import resolve_device
-from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb
+from flow2seg_ros.encodings import image_msg_from_array, image_msg_to_rgb, MessageBuffers
 from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.models import build_model
 from flow2seg_ros.peers import build_peers, PEERS, time_peers
@@ -131,13 +131,6 @@ def make_message(rgb: np.ndarray, encoding: str, stamp: float, *, image_type: An
     pixels = rgb if encoding == 'rgb8' else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     return image_msg_from_array(pixels, encoding, _header(stamp, 'camera', image_type),
                                 image_type or SimpleNamespace)
-
-
-def _build_outputs(result: Any, header: Any, image_type: Any) -> list[Any]:
-    """The node's three output messages for a frame (labels, color_mask, overlay)."""
-    return [image_msg_from_array(array, encoding, header, image_type or SimpleNamespace)
-            for array, encoding in ((result.labels, 'mono8'), (result.color_mask, 'rgb8'),
-                                    (result.overlay, 'rgb8'))]
 
 
 def model_pair(preset: str, *, num_classes: int, weights: Optional[str] = None,
@@ -301,6 +294,9 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         pipes[name] = FramePipeline(replace(config, overlap_flow=way),
                                     model=pipes['fused'].model, card=card)
     image_type = _message_type()
+    outboxes = {name: MessageBuffers(image_type or SimpleNamespace) for name in pipes}
+    for name, pipe in pipes.items():
+        outboxes[name].serve(pipe)  # the node's reused messages
     frames = scene_frames(iterations + 1, camera)
     amp_dtype = pipes['fused'].amp_dtype
     x = torch.randn(1, 3, nh, nw, device=device)
@@ -327,7 +323,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
             t1 = clock()
             result = pipe.process(frame, stamp, outputs=('color_mask', 'overlay'))
             t2 = clock()
-            out_msgs = _build_outputs(result, msg.header, image_type)
+            out_msgs = outboxes[name].result_messages(result, msg.header)
             t3 = clock()
             if publisher is not None:
                 publisher.publish(out_msgs)

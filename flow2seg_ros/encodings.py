@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     'ImageFormatError',
     'MessageBuffers',
+    'NODE_IMAGES',
     'PARALLEL_COPY_BYTES',
     'SUPPORTED_ENCODINGS',
     'compressed_msg_to_rgb',
@@ -332,6 +333,10 @@ def parallel_copy(dst: np.ndarray, src: np.ndarray, threads: Optional[int] = Non
         job.result()
 
 
+#: The node's image outputs timed by the benchmarks: (pipeline result field, encoding).
+NODE_IMAGES = (('labels', 'mono8'), ('color_mask', 'rgb8'), ('overlay', 'rgb8'))
+
+
 class MessageBuffers:
     """One image message per output, reused frame after frame, filled on a few threads.
 
@@ -395,6 +400,20 @@ class MessageBuffers:
         for name, value in fields.items():
             setattr(msg, name, value)
         return msg
+
+    def result_messages(self, result: Any, header: Any,
+                        images: Tuple[Tuple[str, str], ...] = NODE_IMAGES) -> list:
+        """The messages of a pipeline result's images (default the node's labels, colour mask
+        and overlay), as the node fills them."""
+        return [self.message(key, getattr(result, key), encoding, header)
+                for key, encoding in images]
+
+    def serve(self, pipeline: Any) -> None:
+        """Have a pipeline's device path, where it has one, download its outputs straight into
+        these messages' buffers (as the node does)."""
+        device_path = getattr(pipeline, 'device_path', None)
+        if device_path is not None:
+            device_path.host_buffers = self
 
 
 def image_msg_to_array(msg: Any) -> np.ndarray:

@@ -190,13 +190,6 @@ def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float
     return out
 
 
-def _output_messages(result: Any, header: Any, messages: MessageBuffers) -> list[Any]:
-    return [messages.message(key, array, encoding, header)
-            for key, array, encoding in (('labels', result.labels, 'mono8'),
-                                         ('color_mask', result.color_mask, 'rgb8'),
-                                         ('overlay', result.overlay, 'rgb8'))]
-
-
 def time_config(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
                 network: tuple[int, int], camera: tuple[int, int], precision: str,
                 graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
@@ -250,8 +243,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
     image_type = _message_type()
     outboxes = [MessageBuffers(image_type or SimpleNamespace) for _ in pipes]  # as the node's
     for pipe, box in zip(pipes, outboxes):
-        if pipe.device_path is not None:  # outputs downloaded into the messages, as the node
-            pipe.device_path.host_buffers = box
+        box.serve(pipe)  # outputs downloaded into the messages, as the node does
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     stages: list[dict[str, list[float]]] = [{} for _ in pipes]
@@ -264,7 +256,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             t1 = time.perf_counter()
             result = pipes[k].process(frame, stamp, outputs=('color_mask', 'overlay'))
             t2 = time.perf_counter()
-            _output_messages(result, msg.header, outboxes[k])
+            outboxes[k].result_messages(result, msg.header)
             t3 = time.perf_counter()
             if i < warmup:
                 continue

@@ -94,9 +94,7 @@ class _Camera:
         self.pub_processing: Any = None
         self.pub_latency: Any = None
         self.messages = MessageBuffers(Image)  # one reused message per output
-        device_path = getattr(pipeline, 'device_path', None)
-        if device_path is not None:  # on a GPU, outputs come down into the messages' buffers
-            device_path.host_buffers = self.messages
+        self.messages.serve(pipeline)  # on a GPU, outputs come down into the messages' buffers
         self.rate_mark = (time.monotonic(), 0)
         self.latency_sum_ms = 0.0
         self.latency_count = 0
