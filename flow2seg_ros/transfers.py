@@ -7,7 +7,9 @@ straight into the caller's host arrays (a node's message buffers), page-locked i
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
 from typing import Any, Optional, Sequence
 import weakref
 
@@ -143,50 +145,86 @@ def _owner(array: np.ndarray) -> Any:
     return base.obj if isinstance(base, memoryview) else base
 
 
+class _Pages:
+    """The page ranges registered with CUDA in this process (registrations are process-wide),
+    and the ranges CUDA refused (not asked again)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ranges: dict[int, tuple[int, int]] = {}  # address -> (first page, end page)
+        self.refused: set[tuple[int, int]] = set()  # (address, bytes)
+
+
+PROCESS_PAGES = _Pages()
+
+
+def _clear_cuda_error() -> None:
+    """Reset the CUDA runtime's last error after a refused registration, or torch would report
+    it at its next kernel launch: ``cudaGetLastError`` of the runtime library torch loaded
+    (best effort; found through /proc/self/maps)."""
+    try:
+        with open('/proc/self/maps') as maps:
+            paths = {line.split()[-1] for line in maps if 'libcudart' in line}
+        for path in paths:
+            ctypes.CDLL(path).cudaGetLastError()
+    except (OSError, AttributeError):
+        pass
+
+
 class HostRegistry:
     """Host arrays made page-locked in place (``cudaHostRegister``) for direct device copies.
 
     An array is registered once, the first time it is seen, and unregistered when the object
     that owns its memory goes (a ``weakref.finalize`` on it runs before its memory is freed).
     Registration pins whole pages, and CUDA refuses a range that shares a page with an earlier
-    one, so an array whose pages touch another registered array's is left pageable (copies
-    into it still work, staged by the driver); so is one whose owner cannot be weakly
-    referenced.
+    one, so an array whose pages touch a registered range (of any registry in the process) is
+    left pageable (copies into it still work, staged by the driver); so is one whose owner
+    cannot be weakly referenced, and one CUDA refused (asked once; its error is cleared).
+
+    Args:
+        pages: the registered ranges (default the process's own).
     """
 
     PAGE = 4096
 
-    def __init__(self) -> None:
-        self._ranges: dict[int, tuple[int, int]] = {}  # address -> (first page, end page)
-        self.registered = 0
-        self.skipped = 0
+    def __init__(self, pages: Optional[_Pages] = None) -> None:
+        self.pages = PROCESS_PAGES if pages is None else pages
+        self.registered = 0  # ranges this registry locked
+        self.skipped = 0  # times an array was left pageable
 
-    def _pages(self, ptr: int, n: int) -> tuple[int, int]:
+    def _span(self, ptr: int, n: int) -> tuple[int, int]:
         return ptr // self.PAGE, -(-(ptr + n) // self.PAGE)
 
     def ensure(self, array: np.ndarray) -> bool:
         """Page-lock ``array``'s memory if it is not yet; whether it is now."""
         ptr, n = array.__array_interface__['data'][0], array.nbytes
-        first, end = self._pages(ptr, n)
-        if self._ranges.get(ptr) == (first, end):
+        first, end = self._span(ptr, n)
+        pages = self.pages
+        with pages.lock:
+            if pages.ranges.get(ptr) == (first, end):
+                return True
+            if (not torch.cuda.is_available() or n == 0 or (ptr, n) in pages.refused
+                    or any(first < e and f < end for f, e in pages.ranges.values())):
+                self.skipped += 1
+                return False
+            try:
+                weakref.finalize(_owner(array), self._release, pages, ptr)
+            except TypeError:  # an owner without weak references: never registered
+                self.skipped += 1
+                return False
+            if int(torch.cuda.cudart().cudaHostRegister(ptr, n, 0)) != 0:
+                pages.refused.add((ptr, n))
+                _clear_cuda_error()
+                self.skipped += 1
+                log.warning('a host buffer of %d bytes could not be page-locked; copies into it '
+                            'go through the driver', n)
+                return False
+            pages.ranges[ptr] = (first, end)
+            self.registered += 1
             return True
-        if not torch.cuda.is_available() or n == 0 or any(
-                first < e and f < end for f, e in self._ranges.values()):
-            self.skipped += 1
-            return False
-        try:
-            weakref.finalize(_owner(array), self._release, ptr)
-        except TypeError:  # an owner without weak references: never registered
-            self.skipped += 1
-            return False
-        if int(torch.cuda.cudart().cudaHostRegister(ptr, n, 0)) != 0:
-            self.skipped += 1
-            log.debug('host buffer of %d bytes not page-locked; copies into it are staged', n)
-            return False
-        self._ranges[ptr] = (first, end)
-        self.registered += 1
-        return True
 
-    def _release(self, ptr: int) -> None:
-        if self._ranges.pop(ptr, None) is not None:
-            torch.cuda.cudart().cudaHostUnregister(ptr)
+    @staticmethod
+    def _release(pages: _Pages, ptr: int) -> None:
+        with pages.lock:
+            if pages.ranges.pop(ptr, None) is not None:
+                torch.cuda.cudart().cudaHostUnregister(ptr)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from flow2seg_ros import transfers
 from flow2seg_ros.encodings import MessageBuffers
 from flow2seg_ros.transfers import HostRegistry, PinnedDownload
 
@@ -54,14 +55,16 @@ def cudart(monkeypatch):
 def test_host_registry_locks_each_buffer_once_and_releases_it_with_its_owner(cudart):
     """A buffer is page-locked the first time it is seen, never twice, and unlocked when the
     object owning its memory goes (before the memory is freed)."""
-    registry = HostRegistry()
+    registry = HostRegistry(transfers._Pages())
     owner = array.array('B', bytes(3 * HostRegistry.PAGE))
     view = np.frombuffer(owner, np.uint8).reshape(3, -1)
     ptr = view.__array_interface__['data'][0]
     assert registry.ensure(view) and registry.ensure(view)
     assert cudart.registered == [(ptr, owner.buffer_info()[1])]
-    # a range sharing a page with a locked one would be refused by CUDA: left pageable
+    # a range sharing a page with a locked one, by this registry or another of the process,
+    # would be refused by CUDA: left pageable
     assert not registry.ensure(view[1:])
+    assert not HostRegistry(registry.pages).ensure(view[1:])
     assert registry.skipped == 1 and len(cudart.registered) == 1
     del view
     gc.collect()
@@ -71,14 +74,20 @@ def test_host_registry_locks_each_buffer_once_and_releases_it_with_its_owner(cud
     assert cudart.unregistered == [ptr]
 
 
-def test_host_registry_leaves_a_refused_buffer_pageable(cudart):
+def test_host_registry_leaves_a_refused_buffer_pageable(cudart, monkeypatch):
+    """A buffer CUDA refuses stays pageable, its error is cleared (or torch would report it at
+    its next kernel launch), and it is not asked again."""
+    cleared = []
+    monkeypatch.setattr(transfers, '_clear_cuda_error', lambda: cleared.append(1))
     cudart.fail = True
-    registry = HostRegistry()
+    registry = HostRegistry(transfers._Pages())
     buf = np.zeros(10000, np.uint8)
     assert not registry.ensure(buf)
-    assert registry.registered == 0 and registry.skipped == 1
+    assert registry.registered == 0 and registry.skipped == 1 and cleared == [1]
     cudart.fail = False
-    assert registry.ensure(buf)  # tried again next time
+    assert not registry.ensure(buf)  # not asked again
+    assert cudart.registered == [] and cleared == [1]
+    assert registry.ensure(np.zeros(10000, np.uint8))  # another buffer is
 
 
 def test_message_buffers_serve_as_download_destinations():
