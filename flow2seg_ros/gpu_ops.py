@@ -297,7 +297,8 @@ def fold_batchnorm(model: torch.nn.Module) -> int:
     folded = 0
     for module in list(model.modules()):
         if isinstance(module, torch.nn.Sequential):
-            pairs = [(a, b) for a, b in zip(list(module._modules), list(module._modules)[1:])]
+            names = list(module._modules)
+            pairs = list(zip(names, names[1:]))
         elif isinstance(module, (BasicBlock, Bottleneck)):
             pairs = [(f'conv{i}', f'bn{i}') for i in (1, 2, 3) if hasattr(module, f'bn{i}')]
         else:
