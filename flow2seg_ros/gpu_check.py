@@ -55,6 +55,18 @@ NETWORKS = ((512, 256), (1024, 512))  # (W, H)
 CAMERAS = ((1280, 720), (2048, 1024))
 
 
+def _timed_calls(fn: Callable[[], Any], n: int) -> list[float]:
+    """``fn()`` called ``n`` times on CUDA, each timed between synchronisations: ms."""
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float('nan')
 
@@ -268,7 +280,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             for key, ms in result.timings.items():
                 stages[k].setdefault(f'pipeline.{key}', []).append(ms)
     rows = []
-    for precision, pipe, timed in zip(precisions, pipes, stages):
+    for precision, pipe, timed, box in zip(precisions, pipes, stages, outboxes):
         med = {k: _median(v) for k, v in timed.items()}
         runner = pipe.device_path.runner if pipe.device_path is not None else None
         out = {
@@ -291,7 +303,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             registry = pipe.device_path.download.registry
             out['host_buffers'] = {'page_locked': registry.registered,
                                    'left_pageable': registry.skipped,
-                                   'host_copies': outboxes[pipes.index(pipe)].copies}
+                                   'host_copies': box.copies}
         if runner is not None:
             out['graph_captures'] = runner.captures
             out['graph_failures'] = dict(runner.failed)
@@ -318,17 +330,7 @@ def time_compile(model: torch.nn.Module, card: dict[str, Any], device: torch.dev
     f = torch.randn(1, 2, h, w, device=device) * 0.1
     path = DevicePath(device, input_size=(h, w), mean=(0, 0, 0), std=(1, 1, 1),
                       palette=np.zeros((256, 3), np.uint8), precision=precision)
-
-    def timed(fn: Callable[[], Any], n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append(1e3 * (time.perf_counter() - t0))
-        return times
-
+    timed = _timed_calls
     path.runner.enabled = False
     eager = _median(timed(lambda: path.network(model, x, f, ('fused',)), calls))
     path.runner.enabled = True
@@ -379,13 +381,8 @@ def time_formats(model: torch.nn.Module, device: torch.device, *, input_size: tu
             path = DevicePath(device, input_size=(h, w), mean=(0, 0, 0), std=(1, 1, 1),
                               palette=np.zeros((256, 3), np.uint8), precision=precision)
             path.choose_format = False  # each format as given
-            times = []
-            for _ in range(calls + 3):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                path.network(net, xx, ff, ('fused',))
-                torch.cuda.synchronize()
-                times.append(1e3 * (time.perf_counter() - t0))
+            times = _timed_calls(lambda p=path, n=net: p.network(n, xx, ff, ('fused',)),
+                                 calls + 3)
             out[f'{precision} {fmt}'] = round(_median(times[3:]), 3)
             del path
         del net
@@ -398,14 +395,8 @@ def time_formats(model: torch.nn.Module, device: torch.device, *, input_size: tu
         def call(a: torch.Tensor, b: torch.Tensor,
                  net: torch.nn.Module = net) -> tuple[torch.Tensor, ...]:
             return tuple(net(a, b, heads=('fused',)).values())
-        times = []
         with torch.inference_mode():
-            for _ in range(calls + 3):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                runner('unfolded', call, (xx, ff))
-                torch.cuda.synchronize()
-                times.append(1e3 * (time.perf_counter() - t0))
+            times = _timed_calls(lambda: runner('unfolded', call, (xx, ff)), calls + 3)
         out[f'{precision} nchw norms unfolded'] = round(_median(times[3:]), 3)
         runner.clear()
         del net
