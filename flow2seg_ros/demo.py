@@ -85,12 +85,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     width, height = args.size
+    scenes = args.scenes or card.get('training', {}).get('scenes') or 'v1'
 
-    print(f'demo: generating {args.frames} frames at {width}x{height} (seed {args.seed})',
-          flush=True)
+    print(f'demo: generating {args.frames} frames at {width}x{height} ({scenes} scenes, '
+          f'seed {args.seed})', flush=True)
     with tempfile.TemporaryDirectory(prefix='flow2seg_demo_') as data_root:
         info = generate(data_root, sequences=1, frames=args.frames, size=(width, height),
-                        seed=args.seed, split='demo', progress=False)
+                        seed=args.seed, split='demo', progress=False, scenes=scenes)
         dataset = SequenceDataset(data_root, 'demo', classes=classes)
         record = dataset[0]
         frames = [dataset.read_image(p) for p in record.images]
@@ -154,6 +155,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     fused = metrics['heads']['fused']
     summary = {
         'model': str(model_path), 'frames': len(frames), 'size': [width, height],
+        'scenes': scenes, 'seed': args.seed,
         'camera_rate_hz': rate, 'replay': stats.as_dict(),
         'miou': fused['miou'], 'pixel_accuracy': fused['pixel_accuracy'], 'tc': fused['tc'],
         'per_class_iou': fused['per_class_iou'], 'labelled_frames': metrics['labelled_frames'],
@@ -175,6 +177,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--frames', type=int, default=40, help='frames in the drive')
     parser.add_argument('--size', type=size_arg(), default=(512, 256), help='frame size WxH')
     parser.add_argument('--seed', type=int, default=DEMO_SEED, help='sequence seed')
+    parser.add_argument('--scenes', choices=('v1', 'v2'), default=None,
+                        help='flow2seg-synth scene family (default: the one the model was '
+                             "trained on, its card's training.scenes; else v1)")
     parser.add_argument('--rate', type=float, default=0.0,
                         help="camera rate in Hz (0 = the sequence's own rate)")
     parser.add_argument('--device', default='auto', help='node device: auto, cpu, cuda')

@@ -172,3 +172,68 @@ def test_model_speed_times_two_models_in_one_run(tiny_model_file, tmp_path, caps
     assert 'second / first' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='not found'):
         module.main([str(tmp_path / 'missing.safetensors'), str(tiny_model_file)])
+
+
+def _load_benchmark(name):
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'benchmarks' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(miou, tc, per_class):
+    return {'miou': miou, 'tc': tc, 'per_class_iou': per_class}
+
+
+def test_motion_gain_bar_from_two_summaries():
+    """benchmarks/motion_gain.py: gains are fused minus each reference, in points; the bar."""
+    module = _load_benchmark('motion_gain')
+    names = [f'c{i}' for i in range(17)] + ['person', 'absent']
+    fused_pc = {n: 0.5 for n in names[:17]} | {'person': 0.41, 'absent': None}
+    fused = {'heads': {'fused': _summary(0.60, 0.80, fused_pc),
+                       'image': _summary(0.57, 0.785, fused_pc),
+                       'flow': _summary(0.30, 0.50, fused_pc)}}
+    image_only = {'heads': {'fused': _summary(0.574, 0.789, fused_pc)}}
+    rows = module.split_rows(fused, image_only)
+    assert rows['gains']['image head'] == {'miou': 3.0, 'tc': 1.5}
+    assert rows['gains']['image-only'] == {'miou': 2.6, 'tc': 1.1}
+    assert rows['checks']['classes_present'] == 18 and rows['checks']['met']
+    image_only['heads']['fused']['tc'] = 0.7905  # fused TC only +0.95 over it
+    assert not module.split_rows(fused, image_only)['checks']['met']
+    fused['heads']['fused']['per_class_iou'] = fused_pc | {'c3': 0.0}
+    assert module.split_rows(fused, {'heads': {'fused': _summary(0.5, 0.7, fused_pc)}}
+                             )['checks']['zero_classes'] == ['c3']
+
+
+def test_motion_gain_runs_the_evaluation(tmp_path, tiny_model_file, capsys):
+    """benchmarks/motion_gain.py end to end: both models through flow2seg-evaluate on a split."""
+    from flow2seg_ros.classes import ClassSet
+    from flow2seg_ros.data.synth import generate
+    from flow2seg_ros.weights import random_model, save_model
+    from conftest import TINY_CLASSES
+
+    module = _load_benchmark('motion_gain')
+    generate(tmp_path / 'data', sequences=1, frames=3, size=(128, 64), seed=5, split='val',
+             progress=False)
+    model, card = random_model('lite', classes=ClassSet.from_dict(TINY_CLASSES),
+                               input_size=(32, 64), seed=1, use_flow=False,
+                               widths=[8, 8, 16, 16], ppm_channels=8)
+    image_only = tmp_path / 'image_only.safetensors'
+    save_model(model, image_only, card)
+    out = tmp_path / 'report'
+    assert module.main(['--data', str(tmp_path / 'data'), '--splits', 'val',
+                        '--fused', str(tiny_model_file), '--image-only', str(image_only),
+                        '--out', str(out)]) == 0
+    report = json.loads((out / 'motion_gain.json').read_text())
+    fused = json.loads((out / 'val' / 'fused' / 'metrics.json').read_text())['heads']
+    val = report['splits']['val']
+    assert val['figures']['fused']['miou'] == round(100 * fused['fused']['miou'], 2)
+    assert val['gains']['image head']['miou'] == round(
+        val['figures']['fused']['miou'] - val['figures']['image head']['miou'], 2)
+    assert (out / 'motion_gain.png').stat().st_size > 0
+    assert 'bar met' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='not found'):
+        module.main(['--data', str(tmp_path / 'data'), '--fused', str(tmp_path / 'missing'),
+                     '--image-only', str(image_only)])

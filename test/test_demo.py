@@ -1,16 +1,24 @@
 """`make demo` end to end on a very short drive: the node as its own process, over DDS."""
 import json
+import shutil
 
 import pytest
 
 from flow2seg_ros import demo
+from flow2seg_ros.weights import card_path
 
 pytest.importorskip('rclpy', reason='the demo talks to the node over DDS (rclpy)')
 
 
 def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, tiny_model_file, capsys):
+    # a model whose card says it was trained on v2 scenes gets a v2 drive
+    model = tmp_path / 'v2_model.safetensors'
+    shutil.copy(tiny_model_file, model)
+    card = json.loads(card_path(tiny_model_file).read_text())
+    card.setdefault('training', {})['scenes'] = 'v2'
+    card_path(model).write_text(json.dumps(card))
     out = tmp_path / 'demo_out'
-    code = demo.main(['--weights', str(tiny_model_file), '--frames', '6', '--size', '128x64',
+    code = demo.main(['--weights', str(model), '--frames', '6', '--size', '128x64',
                       '--rate', '10', '--out', str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -21,6 +29,7 @@ def test_demo_runs_end_to_end_and_writes_its_outputs(tmp_path, tiny_model_file, 
     assert 0 < replay['latency_ms_p50'] <= replay['latency_ms_p95']
     assert summary['labelled_frames'] == replay['received']
     assert summary['miou'] is not None and 0.0 <= summary['miou'] <= 1.0
+    assert summary['scenes'] == 'v2' and 'v2 scenes' in printed.out
     overlays = sorted(out.glob('overlay_*.png'))
     assert len(overlays) == summary['overlays_written'] >= 1
     assert (out / 'contact_sheet.png').stat().st_size > 0

@@ -22,6 +22,8 @@ FACTORIES = [
                                   'fusion_channels': 16}, id='paper-r18'),
     pytest.param(lambda **kw: build_model('lite', **kw), {'widths': (8, 16, 24, 32)},
                  id='build_model-lite'),
+    pytest.param(flow2seg_lite, {'flow_input_stride': 2, 'flow_output_stride': 8},
+                 id='lite-flow-pooled'),
 ]
 
 
@@ -198,6 +200,27 @@ def test_bad_flow_is_refused():
         model(image, torch.randn(1, 2, 64, 32))
     with pytest.raises(ValueError, match='unknown heads'):
         model(image, heads=('fused', 'depth'))
+
+
+def test_flow_path_reads_the_pooled_flow():
+    # flow_input_stride 2: the flow trunk sees the flow averaged over 2x2 cells, so its logits
+    # equal those of the same trunk fed that pooled flow, on the same (stride-16) grid as the
+    # full-resolution trunk at output stride 16.
+    torch.manual_seed(0)
+    pooled = flow2seg_lite(num_classes=NUM_CLASSES, flow_input_stride=2,
+                           flow_output_stride=8).eval()
+    plain = flow2seg_lite(num_classes=NUM_CLASSES, flow_output_stride=8).eval()
+    plain.load_state_dict(pooled.state_dict())
+    _, flow = _inputs(h=64, w=96)
+    with torch.no_grad():
+        got = pooled.flow_logits(flow)
+        want = plain.flow_logits(F.avg_pool2d(flow, 2))
+        full = flow2seg_lite(num_classes=NUM_CLASSES).eval().flow_logits(flow)
+    torch.testing.assert_close(got, want)
+    assert got.shape[-2:] == full.shape[-2:] == (4, 6)
+    assert pooled.model_kwargs['flow_input_stride'] == 2
+    with pytest.raises(ValueError, match='flow_input_stride must be 1, 2 or 4, got 3'):
+        flow2seg_lite(num_classes=3, flow_input_stride=3)
 
 
 def test_bad_presets_and_arguments():

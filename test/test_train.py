@@ -126,6 +126,7 @@ def test_training_lowers_loss_and_writes_model_card(tmp_path, data_root):
     assert card['normalization']['mean'] == list(config.IMAGENET_MEAN)
     assert card['training']['steps'] == 24 and card['training']['config']['seed'] == 0
     assert card['training']['loss'] == {'alpha': 0.5, 'beta': 0.4}
+    assert card['training']['scenes'] == 'v1'  # from the data's sequence_info.json
     assert 'fused' in card['metrics'] and 0.0 <= card['metrics']['fused']['miou'] <= 1.0
     assert model.has_flow
     # the saved weights are the trained ones

@@ -48,6 +48,8 @@ class Flow2Seg(nn.Module):
         flow_backbone: optional flow trunk (2-channel input) returning a dict with ``"out"``.
         flow_head: maps the flow trunk's ``"out"`` to (N, C, h', w') logits.
         fusion: :class:`ResidualFusion` (image logits, flow logits) -> residual.
+        flow_input_stride: the flow path reads the flow average-pooled by this factor (1 = at
+            the input size): flow is smooth, and at 2 the flow trunk costs about a quarter.
         preset: name of the preset that built the model (recorded in model cards).
         model_kwargs: keyword arguments that rebuild the model with
             ``build_model(preset, num_classes=..., **model_kwargs)``.
@@ -57,7 +59,8 @@ class Flow2Seg(nn.Module):
                  aux_head: Optional[nn.Module] = None, skip_head: Optional[nn.Module] = None,
                  flow_backbone: Optional[nn.Module] = None,
                  flow_head: Optional[nn.Module] = None, fusion: Optional[nn.Module] = None,
-                 preset: str = 'custom', model_kwargs: Optional[dict[str, Any]] = None) -> None:
+                 flow_input_stride: int = 1, preset: str = 'custom',
+                 model_kwargs: Optional[dict[str, Any]] = None) -> None:
         super().__init__()
         flow_parts = (flow_backbone, flow_head, fusion)
         if any(p is None for p in flow_parts) and any(p is not None for p in flow_parts):
@@ -65,6 +68,8 @@ class Flow2Seg(nn.Module):
                              '(or none of them, for the image-only model)')
         if num_classes < 1:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
+        if flow_input_stride not in (1, 2, 4):
+            raise ValueError(f'flow_input_stride must be 1, 2 or 4, got {flow_input_stride}')
         self.image_backbone = image_backbone
         self.image_head = image_head
         self.aux_head = aux_head
@@ -72,6 +77,7 @@ class Flow2Seg(nn.Module):
         self.flow_backbone = flow_backbone
         self.flow_head = flow_head
         self.fusion = fusion
+        self.flow_input_stride = flow_input_stride
         self.num_classes = num_classes
         self.preset = preset
         self.model_kwargs = dict(model_kwargs or {})
@@ -166,6 +172,8 @@ class Flow2Seg(nn.Module):
         """
         if not self.has_flow:
             raise ValueError('this model has no flow path (an image-only model)')
+        if self.flow_input_stride > 1:
+            flow = F.avg_pool2d(flow, self.flow_input_stride)
         return self.flow_head(self.flow_backbone(flow)['out'])
 
     def fuse(self, image_logits: torch.Tensor, flow_logits: torch.Tensor) -> torch.Tensor:
@@ -234,7 +242,7 @@ def flow2seg_lite(*, num_classes: int, use_flow: bool = True,
                   ppm_bins: Sequence[int] = (1, 2, 3, 6), ppm_channels: int = 64, aux: bool = True,
                   flow_widths: Sequence[int] = (8, 16, 32, 64),
                   flow_blocks: Sequence[int] = (1, 1, 1, 1), flow_output_stride: int = 16,
-                  fusion_channels: int = 32) -> Flow2Seg:
+                  flow_input_stride: int = 1, fusion_channels: int = 32) -> Flow2Seg:
     """A real-time Flow2Seg for CPUs: the paper's components at reduced width.
 
     Image path: a width-reduced ResNet (torchvision ``BasicBlock`` s, ~1/4 of ResNet18's widths)
@@ -259,7 +267,10 @@ def flow2seg_lite(*, num_classes: int, use_flow: bool = True,
         aux: whether to add the auxiliary FCN head on layer3 (training only).
         flow_widths: flow trunk stage widths.
         flow_blocks: flow trunk ``BasicBlock`` s per stage.
-        flow_output_stride: flow path output stride.
+        flow_output_stride: flow path output stride, relative to the flow trunk's input.
+        flow_input_stride: the flow trunk reads the flow average-pooled by this factor
+            (:class:`Flow2Seg`); 2 with ``flow_output_stride`` 8 keeps the flow logits on the
+            stride-16 grid at about half the flow path's cost.
         fusion_channels: channels of the two residual fusion blocks.
     """
     model_kwargs = dict(use_flow=use_flow, widths=_listify(widths), blocks=_listify(blocks),
@@ -267,7 +278,7 @@ def flow2seg_lite(*, num_classes: int, use_flow: bool = True,
                         ppm_bins=_listify(ppm_bins), ppm_channels=ppm_channels, aux=aux,
                         flow_widths=_listify(flow_widths),
                         flow_blocks=_listify(flow_blocks), flow_output_stride=flow_output_stride,
-                        fusion_channels=fusion_channels)
+                        flow_input_stride=flow_input_stride, fusion_channels=fusion_channels)
     backbone = slim_resnet_backbone(widths=widths, blocks=blocks, output_stride=output_stride,
                                     stem=stem)
     head = PPMHead(backbone.out_channels, num_classes, bins=ppm_bins, channels=ppm_channels)
@@ -281,7 +292,8 @@ def flow2seg_lite(*, num_classes: int, use_flow: bool = True,
                           flow_head=FCNHead(flow_trunk.out_channels, num_classes),
                           fusion=ResidualFusion(num_classes, channels=fusion_channels))
     return Flow2Seg(backbone, head, num_classes=num_classes, aux_head=aux_head,
-                    skip_head=skip_head, preset='lite', model_kwargs=model_kwargs, **flow_parts)
+                    skip_head=skip_head, flow_input_stride=flow_input_stride, preset='lite',
+                    model_kwargs=model_kwargs, **flow_parts)
 
 
 #: Preset name -> factory.

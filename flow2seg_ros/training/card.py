@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.sequences import dataset_scenes
 from flow2seg_ros.training.config import TrainConfig
 from flow2seg_ros.training.loop import TrainState
 from flow2seg_ros.weights import make_card, save_model
@@ -49,6 +50,7 @@ def training_record(cfg: TrainConfig, *, command: str, state: TrainState, wall: 
     return {
         'command': command,
         'config': dataclasses.asdict(cfg),
+        'scenes': dataset_scenes(cfg.data_root, cfg.train_split),
         'seed': cfg.seed,
         'steps': state.step,
         'loss': loss,
