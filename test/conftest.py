@@ -68,14 +68,16 @@ TINY_CLASSES = {
 }
 
 
-def make_tiny_model(seed: int = 0) -> Tuple[Any, Dict[str, Any]]:
-    """A tiny random ``lite`` Flow2Seg model and its model card (32x64 network input)."""
+def make_tiny_model(seed: int = 0, **model_kwargs: Any) -> Tuple[Any, Dict[str, Any]]:
+    """A tiny random ``lite`` Flow2Seg model and its model card (32x64 network input);
+    ``model_kwargs`` override the lite factory's tiny arguments."""
     from flow2seg_ros.classes import ClassSet
     from flow2seg_ros.weights import random_model
 
+    kwargs = dict(widths=[8, 8, 16, 16], ppm_channels=8, flow_widths=[4, 4, 8, 8],
+                  fusion_channels=8) | model_kwargs
     return random_model('lite', classes=ClassSet.from_dict(TINY_CLASSES), input_size=(32, 64),
-                        seed=seed, widths=[8, 8, 16, 16], ppm_channels=8,
-                        flow_widths=[4, 4, 8, 8], fusion_channels=8)
+                        seed=seed, **kwargs)
 
 
 @pytest.fixture(scope='session')

@@ -55,9 +55,11 @@ def test_onnxruntime_labels_equal_torch_on_the_bundled_model(overlap):
     assert runs['onnxruntime'][-1].flow is not None
 
 
-def test_onnxruntime_labels_equal_torch_on_a_tiny_random_model():
+@pytest.mark.parametrize('flow_path', [{}, {'flow_input_stride': 2, 'flow_output_stride': 8}],
+                         ids=['flow-full', 'flow-pooled'])
+def test_onnxruntime_labels_equal_torch_on_a_tiny_random_model(flow_path):
     frames = scene_frames(4, (96, 72), seed=3)
-    model, card = make_tiny_model(seed=5)
+    model, card = make_tiny_model(seed=5, **flow_path)
     torch_pipe = FramePipeline(PipelineConfig(device='cpu', backend='torch'), model=model,
                                card=card)
     ort_pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime'), model=model,
