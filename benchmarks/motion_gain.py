@@ -10,7 +10,7 @@ no class in the ground truth at 0. Writes ``motion_gain.json`` and a per-class I
 
     python benchmarks/motion_gain.py --data data/synthetic_v2 --splits val,test,fresh \
         --fused runs/v2_fused/model.safetensors --image-only runs/v2_image_only/model.safetensors \
-        [--threads 1] [--out runs/motion_gain]
+        [--flow-method dis --flow-preset fast] [--threads 1] [--out runs/motion_gain]
 """
 from __future__ import annotations
 
@@ -28,10 +28,12 @@ MIN_CLASSES = 17
 PERSON_FLOOR = 0.40
 
 
-def _evaluate(data: str, split: str, weights: str, out: Path, threads: int) -> dict[str, Any]:
+def _evaluate(data: str, split: str, weights: str, out: Path, threads: int,
+              flow: Sequence[str] = ()) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     status = evaluate_main(['--data', data, '--split', split, '--weights', weights,
-                            '--out', str(out), '--threads', str(threads), '--no-progress'])
+                            '--out', str(out), '--threads', str(threads), '--no-progress',
+                            *flow])
     if status != 0:
         raise SystemExit(f'flow2seg-evaluate failed on {split} with {weights}')
     return json.loads((out / 'metrics.json').read_text())
@@ -126,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--splits', default='val,test', help='comma-separated held-out splits')
     p.add_argument('--fused', required=True, help='the fused model (.safetensors)')
     p.add_argument('--image-only', required=True, help='the image-only model (.safetensors)')
+    p.add_argument('--flow-method', default='',
+                   help="the fused model's flow (default: its card's)")
+    p.add_argument('--flow-preset', default='', help='flow preset (with --flow-method)')
     p.add_argument('--threads', type=int, default=1, help='torch / ONNX Runtime threads')
     p.add_argument('--out', default='runs/motion_gain', help='folder for the reports')
     args = p.parse_args(argv)
@@ -134,9 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f'model file not found: {path}')
     out = Path(args.out)
     report: dict[str, Any] = {'data': args.data, 'fused': args.fused,
-                              'image_only': args.image_only, 'splits': {}}
+                              'image_only': args.image_only, 'flow': args.flow_method
+                              and f'{args.flow_method}/{args.flow_preset}', 'splits': {}}
     for split in [s for s in args.splits.split(',') if s]:
-        fused = _evaluate(args.data, split, args.fused, out / split / 'fused', args.threads)
+        flow = (['--flow-method', args.flow_method, '--flow-preset', args.flow_preset]
+                if args.flow_method else [])
+        fused = _evaluate(args.data, split, args.fused, out / split / 'fused', args.threads, flow)
         image_only = _evaluate(args.data, split, args.image_only, out / split / 'image_only',
                                args.threads)
         report['splits'][split] = split_rows(fused, image_only)
