@@ -13,9 +13,12 @@ from flow2seg_ros.evaluate import evaluate_sequences, find_sequences
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.weights import bundled_model_path, card_path
 
-# Floor for the fused mIoU on these few short sequences: the README's held-out figures (63 %)
-# minus a margin for the small sample (4 sequences x 8 frames; this seed gave 61.8 % when set).
-FUSED_MIOU_FLOOR = 0.55
+# Floors on these few short sequences: the README's held-out figures (65-67 % fused, +4.4 to
+# +6.5 points over the image head) minus a margin for the small sample (4 sequences x 8 frames;
+# with the current model this seed gives 64.9 % fused and 60.3 % for the image head, so the
+# margins are 6.9 and 2.6 points).
+FUSED_MIOU_FLOOR = 0.58
+MOTION_GAIN_FLOOR = 0.02
 SEED = 31337
 
 
@@ -31,6 +34,7 @@ def test_bundled_model_card_says_how_it_was_made():
     card = json.loads(card_path(bundled_model_path()).read_text())
     assert card['preset'] == 'lite'
     assert card['flow']['method'] == 'dis' and card['flow']['scale'] > 0
+    assert card['flow']['cuda']['method'] == 'learned'  # trained on both flows
     assert card['input_size'] == [256, 512]
     assert 'command' in card['training'] and 'seed' in card['training']
     assert bundled_model_path().stat().st_size <= 20 * 1024 * 1024
@@ -43,4 +47,4 @@ def test_bundled_model_fused_beats_its_image_head_on_fresh_sequences(held_out):
     heads = summary['heads']
     fused, image = heads['fused']['miou'], heads['image']['miou']
     assert fused >= FUSED_MIOU_FLOOR, summary['table']
-    assert fused > image, summary['table']
+    assert fused >= image + MOTION_GAIN_FLOOR, summary['table']
