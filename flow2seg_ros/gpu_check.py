@@ -173,7 +173,7 @@ def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float
     per precision, from frames at the network size and from 1280x720 frames.
 
     Both sides run one flow method: the learned flow (what CUDA runs by default; the same
-    network on each side), and DIS medium (the CPU default, on the host for both) at fp32.
+    network on each side), and DIS fast (the CPU default, on the host for both) at fp32.
 
     Args:
         device: a CUDA device.
@@ -182,7 +182,7 @@ def agreement(device: torch.device, count: int = 6) -> dict[str, dict[str, float
     cpu_model, card = load_model(None)
     gpu_model, _ = load_model(None, device=str(device))
     out: dict[str, dict[str, float]] = {}
-    for flow, preset in (('learned', ''), ('dis', 'medium')):
+    for flow, preset in (('learned', ''), ('dis', 'fast')):
         pinned = {'flow_method': flow, 'flow_preset': preset}
         # the CPU side runs the network in torch: the same network code on both sides
         cpu = FramePipeline(PipelineConfig(device='cpu', backend='torch', **pinned),

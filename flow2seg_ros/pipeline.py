@@ -132,7 +132,7 @@ def card_flow(card: dict[str, Any], device: torch.device) -> tuple[str, str]:
     """The flow method and preset a model card names for a device.
 
     A card's ``flow`` gives the method the model runs with; a model trained on several flows may
-    name another for GPUs under ``flow.cuda`` (the bundled model: DIS medium on the CPU, the
+    name another for GPUs under ``flow.cuda`` (the bundled model: DIS fast on the CPU, the
     learned flow, which runs on the device, on CUDA).
     """
     flow = card.get('flow', {})

@@ -504,12 +504,12 @@ def test_the_faster_memory_format_is_measured_and_kept(slow, expected):
 
 
 def test_a_flow_method_other_than_the_cards_gets_its_own_default_preset():
-    """The card's preset belongs to the card's method: asking the bundled model (DIS medium on
-    the CPU) for the learned flow gives the bundled learned weights, not a preset 'medium'."""
+    """The card's preset belongs to the card's method: asking the bundled model (DIS fast on
+    the CPU) for the learned flow gives the bundled learned weights, not a preset 'fast'."""
     from flow2seg_ros.flow.learned import LearnedFlow
     pipe = FramePipeline(PipelineConfig(device='cpu', flow_method='learned'))
     assert isinstance(pipe.flow_estimator, LearnedFlow)
-    assert FramePipeline(PipelineConfig(device='cpu')).flow_estimator.preset == 'medium'
+    assert FramePipeline(PipelineConfig(device='cpu')).flow_estimator.preset == 'fast'
 
 
 def test_the_cpu_pipeline_keeps_its_opencv_path():
@@ -528,11 +528,11 @@ TORCH_ON_CPU = {'backend': 'torch'} if 'backend' in {
 def bundled_pair(precision='fp32', graphs=True, flow='learned'):
     """The bundled model on the CPU and on CUDA, both with one flow method.
 
-    The bundled card names DIS medium on the CPU and the learned flow on CUDA; comparing the
+    The bundled card names DIS fast on the CPU and the learned flow on CUDA; comparing the
     two paths means giving both the same flow (``learned``: the CUDA default, run by the same
     network on each side; ``dis``: the CPU default, run on the host on both sides)."""
     from flow2seg_ros.weights import load_model
-    pinned = {'flow_method': flow, 'flow_preset': 'medium' if flow == 'dis' else ''}
+    pinned = {'flow_method': flow, 'flow_preset': 'fast' if flow == 'dis' else ''}
     cpu = FramePipeline(PipelineConfig(device='cpu', **pinned, **TORCH_ON_CPU))
     model, card = load_model(None, device='cuda')
     gpu = FramePipeline(PipelineConfig(device='cuda', precision=precision, cuda_graphs=graphs,

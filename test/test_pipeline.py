@@ -192,7 +192,7 @@ def test_the_card_names_the_flow_per_device():
     assert card_flow(card, torch.device('cuda', 0)) == ('learned', 'flowlite_synthetic')
     plain = {'flow': {'method': 'farneback', 'preset': '', 'scale': 1.0}}
     assert card_flow(plain, torch.device('cuda')) == ('farneback', '')
-    # the bundled model: trained on both flows, DIS medium on the CPU and learned on CUDA
+    # the bundled model: trained on both flows, DIS fast on the CPU and learned on CUDA
     bundled = json.loads(card_path(bundled_model_path()).read_text())
-    assert card_flow(bundled, torch.device('cpu')) == ('dis', 'medium')
+    assert card_flow(bundled, torch.device('cpu')) == ('dis', 'fast')
     assert card_flow(bundled, torch.device('cuda'))[0] == 'learned'
