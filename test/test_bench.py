@@ -14,6 +14,21 @@ from flow2seg_ros.frames import PAN_PX, scene_frames
 STAGES = ('convert', 'resize', 'flow', 'network', 'argmax', 'resize_back', 'colour', 'messages')
 
 
+def _load_benchmark(name):
+    """A script of benchmarks/ as a module (its folder on sys.path while it loads, for _common)."""
+    import sys
+    from pathlib import Path
+    bench_dir = Path(__file__).resolve().parents[1] / 'benchmarks'
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench_dir))
+    return module
+
+
 def _run(tmp_path, tiny_model_file, *extra):
     out = tmp_path / 'bench.json'
     argv = ['--quick', '--weights', str(tiny_model_file), '--sizes', '64x32',
@@ -152,16 +167,7 @@ def test_peers_and_backend_are_timed_in_the_same_loop(tmp_path, tiny_model_file,
 
 def test_model_speed_times_two_models_in_one_run(tiny_model_file, tmp_path, capsys):
     """benchmarks/model_speed.py: both models timed interleaved, the ratio reported."""
-    import sys
-    from pathlib import Path
-    bench_dir = Path(__file__).resolve().parents[1] / 'benchmarks'
-    sys.path.insert(0, str(bench_dir))
-    try:
-        spec = importlib.util.spec_from_file_location('model_speed', bench_dir / 'model_speed.py')
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench_dir))
+    module = _load_benchmark('model_speed')
     out = tmp_path / 'speed.json'
     assert module.main([str(tiny_model_file), str(tiny_model_file), '--camera', '96x64',
                         '--frames', '13', '--threads', '1', '--out', str(out)]) == 0
@@ -172,15 +178,6 @@ def test_model_speed_times_two_models_in_one_run(tiny_model_file, tmp_path, caps
     assert 'second / first' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='not found'):
         module.main([str(tmp_path / 'missing.safetensors'), str(tiny_model_file)])
-
-
-def _load_benchmark(name):
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / 'benchmarks' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _summary(miou, tc, per_class):
