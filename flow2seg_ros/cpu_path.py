@@ -128,13 +128,18 @@ class CpuPath:
     starts threads and warms caches, is not counted), the one with the lower median of its last
     :attr:`SAMPLES` timings (the network step's wall time) is kept, and every :attr:`RETRY`
     frames the other is timed once more: on an idle machine the overlap wins by the image path's
-    time, on one whose cores are taken by other work, splitting the threads loses.
+    time, on one whose cores are taken by other work, splitting the threads loses. A disturbed
+    start (another process's burst on the first frames) can make the faster way lose the first
+    decision; the retries put it right within a few of them.
     """
 
     #: With the overlap measured, frames between two timings of the slower way.
-    RETRY = 25
-    #: Timings kept per way (the median decides); two are taken before the first decision.
+    RETRY = 10
+    #: Timings kept per way (the median decides).
     SAMPLES = 5
+    #: Timings per way taken before the first decision (the median of three outvotes one
+    #: disturbed frame).
+    FIRST = 3
 
     def __init__(self, runner: Any, *, flow_scale: float, overlap: Optional[bool] = None,
                  threads: int = 0) -> None:
@@ -165,7 +170,7 @@ class CpuPath:
             return self.overlap
         self._flow_frames += 1
         for way in (True, False):
-            if len(self._samples[way]) < 2:
+            if len(self._samples[way]) < self.FIRST:
                 return way
         best = min((True, False), key=lambda way: statistics.median(self._samples[way]))
         return (not best) if self._flow_frames % self.RETRY == 0 else best

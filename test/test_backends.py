@@ -233,14 +233,15 @@ def test_evaluate_gives_the_same_miou_with_each_backend(tmp_path):
 
 
 def test_auto_overlap_times_both_ways_and_keeps_using_the_faster():
-    frames = scene_frames(5, (160, 120), seed=4)
+    frames = scene_frames(CpuPath.FIRST + 3, (160, 120), seed=4)
     model, card = make_tiny_model(seed=2)
     pipe = FramePipeline(PipelineConfig(device='cpu', backend='onnxruntime', threads=2),
                          model=model, card=card)
     assert pipe.config.overlap_flow is None
     runs = run_stream(pipe, frames)
     overlapped = ['flow_thread' in r.timings for r in runs[1:]]
-    assert overlapped == [True, True, True, False]  # the first of each way is a warm-up
+    # the first of each way is a warm-up, then FIRST timings of each
+    assert overlapped == [True] * (CpuPath.FIRST + 1) + [False]
     assert all(r.flow is not None for r in runs[1:])
     # the choice itself: the faster median, and the slower again every RETRY frames
     path = CpuPath(pipe.cpu_path.runner, flow_scale=1.0, overlap=None, threads=2)
@@ -249,9 +250,10 @@ def test_auto_overlap_times_both_ways_and_keeps_using_the_faster():
         way = path._choose_overlap()
         choices.append(way)
         path._measured(way, 10.0 if way else 20.0)
-    assert choices[:6] == [True, True, True, False, False, False]
-    assert [k + 1 for k, way in enumerate(choices) if not way] == [4, 5, 6, CpuPath.RETRY,
-                                                                   2 * CpuPath.RETRY]
+    n = CpuPath.FIRST + 1
+    assert choices[:2 * n] == [True] * n + [False] * n
+    assert [k + 1 for k, way in enumerate(choices) if not way] == \
+        list(range(n + 1, 2 * n + 1)) + [CpuPath.RETRY, 2 * CpuPath.RETRY]
     assert CpuPath(pipe.cpu_path.runner, flow_scale=1.0, overlap=None, threads=1).overlap is False
 
 

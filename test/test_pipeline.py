@@ -113,6 +113,19 @@ def test_same_frames_give_the_same_labels_as_the_model_itself():
     assert (ref == r.labels).mean() > 0.999
 
 
+def test_network_input_is_the_cards_normalisation_for_each_frame_of_a_batch():
+    p = tiny_pipeline()
+    a, b = frames(2, h=64, w=96, seed=3)
+    a0 = a.copy()
+    x = p._network_input([a, b])
+    assert x.dtype == torch.float32 and tuple(x.shape) == (2, 3, 64, 96)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    want = (torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(a, a0)  # the frame itself is kept for the next flow
+
+
 @pytest.mark.parametrize('config, message', [
     (dict(device='tpu'), 'device'),
     (dict(precision='int4'), 'precision'),
