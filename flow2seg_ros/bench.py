@@ -243,19 +243,9 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float('nan')
 
 
-#: Seconds the loop waits after its own eager torch timings (model paths, peers) on the CPU.
+#: Seconds the loop waits on the CPU after its own eager torch (model paths, peers): its OpenMP
+#: threads spin-wait after it and delay the next frame's flow thread (1.7 against 0.3 ms waited).
 SETTLE_S = 0.02
-
-
-def _settle(device: torch.device) -> None:
-    # Eager torch on several threads leaves OpenMP's worker threads spin-waiting for a few
-    # milliseconds; the next pipeline's flow thread would then start late on a busy core
-    # (measured: 1.7 against 0.3 ms waited for the flow, 2 cores). The node runs no eager torch
-    # between frames (ONNX Runtime, NumPy normalisation) and a camera leaves idle time between
-    # them, so the loop lets those threads go to sleep before the next frame, as the node's
-    # would be.
-    if device.type == 'cpu':
-        time.sleep(SETTLE_S)
 
 
 def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict[str, Any], *,
@@ -359,7 +349,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         if i == 0:
             time_model_paths(model, x, f, clock, amp_dtype=amp_dtype)  # warm-up
             time_peers(peer_nets, x, clock)
-            _settle(device)
+            time.sleep(SETTLE_S if device.type == 'cpu' else 0.0)
             continue
         for key, ms in time_model_paths(model, x, f, clock, amp_dtype=amp_dtype).items():
             paths[key].append(ms)
@@ -377,7 +367,7 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         micro['colorize'].append(1e3 * (t1 - t0))
         micro['overlay'].append(1e3 * (t2 - t1))
         timed += 1
-        _settle(device)
+        time.sleep(SETTLE_S if device.type == 'cpu' else 0.0)
         if timed >= 2 and time.perf_counter() - started > budget_s:
             break
 
@@ -403,11 +393,11 @@ def bench_config(model: torch.nn.Module, image_only: torch.nn.Module, card: dict
         # what the node adds around the pipeline / all the pipeline's work (labels + pictures)
         'node_overhead': totals['fused']['node_added_ms'] / (totals['fused']['pipeline_ms']
                                                              + totals['fused']['outputs_ms']),
-        # (flow path + fusion) / image path, per frame then median
         # pipeline without overlap / with it (whole process() totals), per frame then median
         'overlap_speedup': _median([a / b for a, b in zip(stages['sequential']['total'],
                                                           stages['overlapped']['total'])])
         if compare_overlap else float('nan'),
+        # (flow path + fusion) / image path, per frame then median
         'flow_fusion_over_image_path': _median(
             [(a + b) / c for a, b, c in zip(paths['flow_path'], paths['fusion'],
                                             paths['image_path']) if c > 0]),
