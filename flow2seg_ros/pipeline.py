@@ -1,18 +1,15 @@
 """The frame pipeline: a stream of RGB frames in, label maps and pictures out. No ROS here.
 
 The node, the demo, evaluation, bag replay and the benchmark all run frames through
-:class:`FramePipeline`, so what is measured offline is what the robot runs.
-
-Per frame: resize to the network's input size, optical flow between this frame and the one
-before it, the Flow2Seg network (image path, flow path, residual fusion), argmax, and, at the
-input's size, the label map plus whatever pictures were asked for.
-
-Three steps, public so that several cameras can share one network call:
+:class:`FramePipeline`, so what is measured offline is what the robot runs. Per frame: resize to
+the network's input size, optical flow between this frame and the one before it, the Flow2Seg
+network (image path, flow path, residual fusion), argmax, and, at the input's size, the label
+map plus whatever pictures were asked for. Three steps, public so that several cameras can
+share one network call:
 
 * :meth:`FramePipeline.prepare` ``(rgb, stamp, *, prev=None) -> PreparedFrame``: checks the
-  frame, resizes it to the network's input size and decides whether the flow state resets. The
-  per-stream state (the previous frame) lives in the FramePipeline instance and moves on to
-  this frame here; the PreparedFrame keeps the previous frame it needs for flow.
+  frame, resizes it and decides whether the flow state resets. The per-stream state (the
+  previous frame) moves on to this frame here; the PreparedFrame keeps the one it needs.
 * :meth:`FramePipeline.infer` ``(frames, heads=('fused',)) -> list[dict]``: the network, once,
   on a batch of prepared frames of one network size, flow included (each frame's flow comes
   from the flow estimator of the pipeline that prepared it, between that frame and its own
@@ -45,7 +42,8 @@ import torch
 
 from flow2seg_ros.backends import make_runner, resolve_backend
 from flow2seg_ros.classes import ClassSet
-from flow2seg_ros.cpu_path import CONCURRENT_STAGES, CpuPath, full_size, labels_from_logits
+from flow2seg_ros.cpu_path import (CONCURRENT_STAGES, CpuPath, full_size, labels_from_logits,
+                                   network_input)
 from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
@@ -264,8 +262,6 @@ class FramePipeline:
         # Fold /255, mean and std into one multiply-add on the device.
         self._scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
-        self._scale_np = self._scale.reshape(3).cpu().numpy()
-        self._shift_np = self._shift.reshape(3).cpu().numpy()
         flow_card = card.get('flow', {})
         self.flow_scale = float(flow_card.get('scale', 1.0))
         self.has_flow_path = bool(getattr(self.model, 'has_flow', True))
@@ -470,22 +466,9 @@ class FramePipeline:
         return outs
 
     def _network_input(self, smalls: Sequence[np.ndarray]) -> torch.Tensor:
-        """(N, 3, H, W) normalised float batch on the device from network-size RGB frames.
-
-        On the CPU by NumPy, one channel at a time (as fast as torch on two threads, and the
-        same values): a torch op on several threads here leaves OpenMP's worker threads
-        spin-waiting for a few milliseconds afterwards, just when the flow thread starts beside
-        the image path (measured: the flow thread started 3.4 ms late, 14.1 against 11.1 ms a
-        frame, bundled model, 640x480 frames, 2 cores).
-        """
-        if self.device.type == 'cpu':
-            x = np.empty((len(smalls), 3) + smalls[0].shape[:2], np.float32)
-            for i, small in enumerate(smalls):
-                for c in range(3):
-                    np.multiply(small[:, :, c], self._scale_np[c], out=x[i, c],
-                                casting='unsafe')
-                    x[i, c] += self._shift_np[c]
-            return torch.from_numpy(x)
+        """(N, 3, H, W) normalised float batch on the device from network-size RGB frames."""
+        if self.device.type == 'cpu':  # NumPy: no OpenMP threads left spinning (cpu_path)
+            return network_input(smalls, self._scale, self._shift)
         if len(smalls) == 1:
             x = self._upload(smalls[0]).permute(2, 0, 1).unsqueeze(0)
         else:
