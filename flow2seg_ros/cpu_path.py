@@ -45,7 +45,7 @@ def network_input(smalls: Sequence[np.ndarray], scale: torch.Tensor,
     NumPy, one channel at a time: as fast as torch on two threads and the same values, and no
     torch op on several threads, which would leave OpenMP's worker threads spin-waiting for
     milliseconds just when the flow thread starts beside the image path (measured: the flow
-    thread then started 3.4 ms late; 14.1 against 11.1 ms a frame, bundled model, 640x480
+    thread then started 3.4 ms late; 14.1 against 10.0 ms a frame, bundled model, 640x480
     frames, 2 cores).
 
     Args:
