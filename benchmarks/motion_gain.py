@@ -5,12 +5,15 @@ Runs ``flow2seg-evaluate`` (the node's frame pipeline over whole sequences) for 
 table of mIoU and temporal consistency (TC) with the fused head's gains, the per-class IoU, and
 the checks of the bundled model's bar: on every split fused mIoU >= both image-side figures + 2.5
 points and fused TC >= both + 1.0; at least 17 classes in the ground truth, person IoU >= 40 %,
-no class in the ground truth at 0. Writes ``motion_gain.json`` and a per-class IoU plot
+no class in the ground truth at 0. The fused head is what the node publishes, temporal smoothing
+included (:mod:`flow2seg_ros.temporal`); the image head and the image-only model have no flow
+to smooth along. Writes ``motion_gain.json`` and a per-class IoU plot
 (``motion_gain.png``) into ``--out``; exit status 0 whether or not the bar is met.
 
     python benchmarks/motion_gain.py --data data/synthetic_v2 --splits val,test,fresh \
         --fused runs/v2_fused/model.safetensors --image-only runs/v2_image_only/model.safetensors \
-        [--flow-method dis --flow-preset fast] [--threads 1] [--out runs/motion_gain]
+        [--flow-method dis --flow-preset fast] [--temporal-smoothing 0.5] [--threads 1] \
+        [--out runs/motion_gain]
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from flow2seg_ros.evaluate import main as evaluate_main
+from flow2seg_ros.temporal import DEFAULT_WEIGHT
 
 #: The bar (points of %): fused over the image head and over the image-only model.
 MIOU_GAIN = 2.5
@@ -131,6 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--flow-method', default='',
                    help="the fused model's flow (default: its card's)")
     p.add_argument('--flow-preset', default='', help='flow preset (with --flow-method)')
+    p.add_argument('--temporal-smoothing', type=float, default=DEFAULT_WEIGHT, metavar='W',
+                   help="the fused model's temporal smoothing (0 = off; default "
+                        f'{DEFAULT_WEIGHT}); the image-only model has no flow to smooth along')
     p.add_argument('--threads', type=int, default=1, help='torch / ONNX Runtime threads')
     p.add_argument('--out', default='runs/motion_gain', help='folder for the reports')
     args = p.parse_args(argv)
@@ -140,10 +147,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     report: dict[str, Any] = {'data': args.data, 'fused': args.fused,
                               'image_only': args.image_only, 'flow': args.flow_method
-                              and f'{args.flow_method}/{args.flow_preset}', 'splits': {}}
+                              and f'{args.flow_method}/{args.flow_preset}',
+                              'temporal_smoothing': args.temporal_smoothing, 'splits': {}}
     for split in [s for s in args.splits.split(',') if s]:
         flow = (['--flow-method', args.flow_method, '--flow-preset', args.flow_preset]
                 if args.flow_method else [])
+        flow += ['--temporal-smoothing', str(args.temporal_smoothing)]
         fused = _evaluate(args.data, split, args.fused, out / split / 'fused', args.threads, flow)
         image_only = _evaluate(args.data, split, args.image_only, out / split / 'image_only',
                                args.threads)

@@ -35,6 +35,7 @@ from flow2seg_ros.metrics import HeadsEvaluator
 from flow2seg_ros.models import HEADS
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.sequences import dataset_fps, DEFAULT_FPS
+from flow2seg_ros.temporal import DEFAULT_WEIGHT
 
 __all__ = ['DEFAULT_FPS', 'dataset_fps', 'find_sequences', 'prediction_name',
            'evaluate_sequences', 'format_report', 'get_args_parser', 'main', 'run']
@@ -178,6 +179,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
     parser.add_argument('--backend', default='auto', choices=BACKENDS,
                         help='network runner (auto: ONNX Runtime on the CPU, torch on CUDA)')
+    parser.add_argument('--temporal-smoothing', type=float, default=DEFAULT_WEIGHT, metavar='W',
+                        help='weight of the previous frame in the fused labels, carried along '
+                             f'the flow (0 = off; default {DEFAULT_WEIGHT})')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return parser
 
@@ -217,7 +221,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     config = PipelineConfig(weights=args.weights, device=args.device,
                             flow_method=args.flow_method, flow_preset=args.flow_preset,
                             max_gap_s=max(0.5, 2.5 / fps), threads=args.threads,
-                            backend=args.backend)
+                            backend=args.backend, temporal_smoothing=args.temporal_smoothing)
     pipeline = FramePipeline(config)
     dataset = find_sequences(root, args.split, pipeline.classes)
     heads = HEADS if pipeline.has_flow_path else tuple(h for h in HEADS if h != 'flow')
@@ -234,7 +238,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
                  'preset': args.flow_preset or card.get('flow', {}).get('preset'),
                  'scale': pipeline.flow_scale},
         'device': str(pipeline.device), 'backend': pipeline.backend, 'fps': fps,
-        'label_head': args.label_head,
+        'label_head': args.label_head, 'temporal_smoothing': pipeline.temporal.weight,
         'command': ' '.join(['flow2seg-evaluate', *(sys.argv[1:] if argv is None else argv)]),
     }
     print(format_report(summary, pipeline.classes))

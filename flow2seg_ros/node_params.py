@@ -17,6 +17,7 @@ import yaml
 
 from flow2seg_ros.flow import FLOW_METHODS
 from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
+from flow2seg_ros.temporal import DEFAULT_WEIGHT
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
            'RUNTIME', 'batch_size', 'camera_names', 'check_ros_arguments', 'describe_type_error',
@@ -35,6 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     'flow_method': '',
     'flow_preset': '',
     'overlay_alpha': 0.5,
+    'temporal_smoothing': DEFAULT_WEIGHT,
     'publish_color_mask': True,
     'publish_overlay': True,
     'publish_confidence': False,
@@ -63,6 +65,9 @@ DESCRIPTIONS = {
     'flow_method': f"Optical flow: {', '.join(FLOW_METHODS)}; '' = the card's.",
     'flow_preset': "Flow preset (DIS: ultrafast/fast/medium); '' = the card's.",
     'overlay_alpha': 'Weight of the colour mask in ~/overlay, 0..1.',
+    'temporal_smoothing': "Weight in [0, 1) of the previous frame's class probabilities, "
+                          "carried along the flow, in this frame's labels (steadier labels); "
+                          '0 = off.',
     'publish_color_mask': 'Publish ~/color_mask (rgb8).',
     'publish_overlay': 'Publish ~/overlay (rgb8).',
     'publish_confidence': 'Publish ~/confidence (mono8, 0-255).',
@@ -84,7 +89,7 @@ DESCRIPTIONS = {
 
 #: Parameters that may change while the node runs; every other one requires a restart.
 RUNTIME = ('publish_color_mask', 'publish_overlay', 'publish_confidence', 'publish_flow',
-           'overlay_alpha', 'max_frame_gap_s', 'diagnostics_period_s')
+           'overlay_alpha', 'temporal_smoothing', 'max_frame_gap_s', 'diagnostics_period_s')
 
 #: output topic -> (pipeline output that feeds it, encoding)
 OPTIONAL_OUTPUTS: Dict[str, Tuple[str, str]] = {
@@ -101,6 +106,7 @@ _CONFIG_FIELDS = {
     'precision': 'precision',
     'flow_method': 'flow_method',
     'overlay_alpha': 'overlay_alpha',
+    'temporal_smoothing': 'temporal_smoothing',
     'max_frame_gap_s': 'max_gap_s',
 }
 
@@ -122,7 +128,7 @@ class NodeConfigError(ValueError):
 def _config_value(name: str, value: Any) -> Any:
     if name == 'flow_method':
         return value or None
-    if name in ('overlay_alpha', 'max_frame_gap_s'):
+    if name in ('overlay_alpha', 'temporal_smoothing', 'max_frame_gap_s'):
         return float(value)
     return value
 
@@ -232,6 +238,7 @@ def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
         flow_method=values['flow_method'] or None,
         flow_preset=values['flow_preset'] or None,
         overlay_alpha=float(values['overlay_alpha']),
+        temporal_smoothing=float(values['temporal_smoothing']),
         max_gap_s=float(values['max_frame_gap_s']),
     )
 

@@ -3,9 +3,9 @@
 The node, the demo, evaluation, bag replay and the benchmark all run frames through
 :class:`FramePipeline`, so what is measured offline is what the robot runs. Per frame: resize to
 the network's input size, optical flow between this frame and the one before it, the Flow2Seg
-network (image path, flow path, residual fusion), argmax, and, at the input's size, the label
-map plus whatever pictures were asked for. Three steps, public so that several cameras can
-share one network call:
+network (image path, flow path, residual fusion), temporal smoothing along the flow, argmax,
+and, at the input's size, the label map plus whatever pictures were asked for. Three steps,
+public so that several cameras can share one network call:
 
 * :meth:`FramePipeline.prepare` ``(rgb, stamp, *, prev=None) -> PreparedFrame``: checks the
   frame, resizes it and decides whether the flow state resets. The per-stream state (the
@@ -20,8 +20,8 @@ share one network call:
   ``{head: (1, C, h, w) logits}`` for the heads the network made (on the CPU at the network's
   native strides, :mod:`flow2seg_ros.cpu_path`: ONNX Runtime or torch, flow overlapped).
 * :meth:`FramePipeline.finish` ``(frame, out, *, outputs=..., heads=...) -> FrameResult``:
-  argmax, labels (and the pictures asked for) at the input's size. Call it on the frame's own
-  pipeline (it counts the frame there).
+  temporal smoothing (:mod:`flow2seg_ros.temporal`), argmax, labels (and the pictures asked for)
+  at the input's size. Call it on the frame's own pipeline (its stream's smoothing state).
 
 :meth:`FramePipeline.process` is ``prepare`` + ``infer`` + ``finish`` for one frame. Each step
 adds its stages to ``frame.timings`` (ms): ``resize``; ``flow``, ``network``; ``argmax``,
@@ -48,8 +48,9 @@ from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
 from flow2seg_ros.models import HEADS
+from flow2seg_ros.temporal import check_weight, DEFAULT_WEIGHT, TemporalFilter
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
-from flow2seg_ros.weights import IMAGENET_MEAN, IMAGENET_STD, load_model
+from flow2seg_ros.weights import card_flow, IMAGENET_MEAN, IMAGENET_STD, load_model
 
 __all__ = ['OUTPUTS', 'PRECISIONS', 'PipelineConfig', 'FrameResult', 'PreparedFrame',
            'FramePipeline', 'card_flow', 'infer_batch']
@@ -89,6 +90,8 @@ class PipelineConfig:
         overlap_flow: on the CPU, compute the flow (and the flow path) in a second thread while
             the image path runs: True, False, or None = whichever is measured faster as frames
             run (see :class:`~flow2seg_ros.cpu_path.CpuPath`).
+        temporal_smoothing: weight in [0, 1) of the previous frame's fused class probabilities,
+            carried along the flow, in this frame's (:mod:`flow2seg_ros.temporal`); 0 = off.
     """
 
     weights: Optional[str] = None
@@ -106,6 +109,7 @@ class PipelineConfig:
     backend: str = 'auto'
     onnx: Optional[str] = None
     overlap_flow: Optional[bool] = None
+    temporal_smoothing: float = DEFAULT_WEIGHT
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -124,19 +128,7 @@ class PipelineConfig:
             raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')
         if not self.max_gap_s > 0:
             raise ValueError(f'max frame gap must be > 0 s, got {self.max_gap_s}')
-
-
-def card_flow(card: dict[str, Any], device: torch.device) -> tuple[str, str]:
-    """The flow method and preset a model card names for a device.
-
-    A card's ``flow`` gives the method the model runs with; a model trained on several flows may
-    name another for GPUs under ``flow.cuda`` (the bundled model: DIS fast on the CPU, the
-    learned flow, which runs on the device, on CUDA).
-    """
-    flow = card.get('flow', {})
-    if device.type == 'cuda' and isinstance(flow.get('cuda'), dict):
-        flow = flow['cuda']
-    return str(flow.get('method', 'dis')), str(flow.get('preset', 'ultrafast'))
+        check_weight(self.temporal_smoothing)
 
 
 @dataclass
@@ -179,6 +171,7 @@ class PreparedFrame:
         reset_reason: None, ``first``, ``size``, ``backwards`` or ``gap`` (see FrameResult).
         prev_small: the previous frame at the network's input size when flow is to be computed
             for this frame, else None (a reset, or a model without a flow path).
+        prev_stamp: the time of the frame ``prev_small`` is (None without it).
         flow: (2, h, w) flow in pixels, set by :meth:`FramePipeline.infer` (None without flow).
         timings: per-stage wall times in ms, filled in by each step.
         device: on CUDA, the frame on the device (:class:`~flow2seg_ros.device_path.
@@ -191,6 +184,7 @@ class PreparedFrame:
     stamp: float
     reset_reason: Optional[str]
     prev_small: Optional[np.ndarray] = None
+    prev_stamp: Optional[float] = None
     flow: Optional[torch.Tensor] = None
     timings: dict[str, float] = field(default_factory=dict)
     device: Optional[DeviceFrame] = None
@@ -289,12 +283,15 @@ class FramePipeline:
         self.normalization = (tuple(mean), tuple(std))
         if self.device.type == 'cuda' and config.device_resident:
             self.device_path = DevicePath.for_pipeline(self)
+        # per stream, like _prev; a model without a flow path has no flow to carry along
+        self.temporal = TemporalFilter(config.temporal_smoothing if self.has_flow_path else 0.0)
         self.frames = 0
         self.resets = 0
 
     def reset(self) -> None:
         """Forget the previous frame: the next frame is segmented as a first frame."""
         self._prev = None
+        self.temporal.reset()
 
     def _reset_reason(self, size: tuple[int, int], stamp: float,
                       prev: Optional[_Frame]) -> Optional[str]:
@@ -396,7 +393,7 @@ class FramePipeline:
             frame.small = self._small(rgb)
         frame.reset_reason = reason
         if reason is None and self.flow_estimator is not None:
-            frame.prev_small = self._prev.small
+            frame.prev_small, frame.prev_stamp = self._prev.small, self._prev.stamp
             if frame.device is not None:
                 frame.device.prev_small = self._prev_device
         self._prev_device = None if frame.device is None else frame.device.small
@@ -479,7 +476,7 @@ class FramePipeline:
     def finish(self, frame: PreparedFrame, out: dict[str, torch.Tensor], *,
                outputs: Iterable[str] = ('color_mask', 'overlay'),
                heads: Iterable[str] = ('fused',)) -> FrameResult:
-        """Step 3: argmax, then labels and pictures at the input's size.
+        """Step 3: temporal smoothing and argmax, then labels and pictures at the input's size.
 
         Args:
             frame: the frame, as :meth:`prepare` returned it and :meth:`infer` left it.
@@ -490,6 +487,8 @@ class FramePipeline:
         """
         outputs, heads = self._check_outputs_heads(outputs, heads)
         timer = _Timer(self.device.type == 'cuda', frame.timings)
+        out = dict(out, fused=self.temporal(out['fused'], frame.flow, frame.stamp,
+                                            frame.prev_stamp))  # in the 'argmax' stage
         if frame.device is not None and frame.pipeline.device_path is not None:
             return self._finish_on_device(frame, out, outputs, heads, timer)
         want_conf = 'confidence' in outputs

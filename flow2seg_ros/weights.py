@@ -26,6 +26,7 @@ __all__ = [
     'IMAGENET_STD',
     'WeightsError',
     'bundled_model_path',
+    'card_flow',
     'card_path',
     'load_model',
     'make_card',
@@ -231,3 +232,16 @@ def load_model(path: Optional[PathLike] = None, *,
     except RuntimeError as exc:
         raise WeightsError(f'{path} does not match its card {cpath}: {exc}') from exc
     return model.to(resolve_device(str(device))).eval(), card
+
+
+def card_flow(card: dict[str, Any], device: torch.device) -> tuple[str, str]:
+    """The flow method and preset a model card names for a device.
+
+    A card's ``flow`` gives the method the model runs with; a model trained on several flows may
+    name another for GPUs under ``flow.cuda`` (the bundled model: DIS fast on the CPU, the
+    learned flow, which runs on the device, on CUDA).
+    """
+    flow = card.get('flow', {})
+    if device.type == 'cuda' and isinstance(flow.get('cuda'), dict):
+        flow = flow['cuda']
+    return str(flow.get('method', 'dis')), str(flow.get('preset', 'ultrafast'))

@@ -56,6 +56,7 @@ def test_evaluate_matches_cityscapesscripts(tmp_path, trained, capsys):
     summary = json.loads((out_dir / 'metrics.json').read_text())
     assert summary['sequences'] == 2 and summary['frames'] == 6
     assert summary['labelled_frames'] == 6
+    assert summary['setup']['temporal_smoothing'] == 0.5  # the default
     heads = summary['heads']
     assert set(heads) == {'fused', 'image', 'flow'}
     # 2 sequences x 2 consecutive pairs; the flow head has no output on first frames
@@ -146,6 +147,8 @@ def test_missing_or_invalid_weights_file(tmp_path, capsys):
     assert str(bad) in _error(capsys)
     assert evaluate.main(['--data', str(tmp_path / 'data'), '--max-sequences', '-1']) == 2
     assert '--max-sequences must be >= 0, got -1' in _error(capsys)
+    assert evaluate.main(['--data', str(tmp_path / 'data'), '--temporal-smoothing', '1.5']) == 2
+    assert 'temporal smoothing must be in [0, 1) (0 = off), got 1.5' in _error(capsys)
 
 
 def test_prediction_name_matches_cityscapes_pattern():

@@ -314,6 +314,7 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
 @pytest.mark.parametrize('params,match', [
     ({'device': 'gpu'}, "device='gpu'"),
     ({'overlay_alpha': 1.5}, r'overlay_alpha=1.5: overlay alpha must be in \[0, 1\]'),
+    ({'temporal_smoothing': 1.0}, r'temporal_smoothing=1.0: temporal smoothing must be in'),
     ({'input_transport': 'udp'}, 'input_transport'),
     ({'image_reliability': 'sometimes'}, 'image_reliability'),
     ({'image_qos_depth': 0}, 'image_qos_depth=0'),
@@ -354,6 +355,11 @@ def test_runtime_parameter_changes(harness):
     assert node.get_parameter('overlay_alpha').value == 0.5
     assert set_('overlay_alpha', 0.25).successful
     assert h.spy.inner.config.overlay_alpha == 0.25
+    res = set_('temporal_smoothing', -0.5)
+    assert not res.successful and 'temporal_smoothing=-0.5' in res.reason
+    assert h.spy.inner.temporal.weight == 0.5
+    assert set_('temporal_smoothing', 0.0).successful
+    assert h.spy.inner.temporal.weight == 0.0
     assert set_('max_frame_gap_s', 2.0).successful
     assert h.spy.inner.config.max_gap_s == 2.0
     assert not set_('max_frame_gap_s', -1.0).successful

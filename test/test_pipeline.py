@@ -90,15 +90,21 @@ def test_resets_on_size_change_backwards_stamp_and_long_gap(reason):
 
 def test_prev_override_uses_the_frame_received_before_not_the_last_processed():
     f = frames(4)
-    a = tiny_pipeline()
+    a = tiny_pipeline(temporal_smoothing=0.0)
     a.process(f[0], 0.0)
     a.process(f[2], 0.1)  # what a node that dropped f[1]... processed last
     dropped = a.process(f[3], 0.3, prev=(f[2], 0.2))
-    b = tiny_pipeline()
+    b = tiny_pipeline(temporal_smoothing=0.0)
     b.process(f[2], 0.2)
     straight = b.process(f[3], 0.3)
     np.testing.assert_array_equal(dropped.flow, straight.flow)
     np.testing.assert_array_equal(dropped.labels, straight.labels)
+    # with temporal smoothing the state of the last processed frame is not carried along a flow
+    # into another frame: the labels start afresh, as without smoothing
+    c = tiny_pipeline(temporal_smoothing=0.5)
+    c.process(f[0], 0.0)
+    c.process(f[2], 0.1)
+    np.testing.assert_array_equal(c.process(f[3], 0.3, prev=(f[2], 0.2)).labels, dropped.labels)
 
 
 def test_same_frames_give_the_same_labels_as_the_model_itself():

@@ -1,0 +1,170 @@
+"""Temporal smoothing: the step against a hand computation, its resets, and the pipeline's use."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from flow2seg_ros.classes import ClassSet
+from flow2seg_ros.cpu_path import full_size, labels_from_logits
+from flow2seg_ros.models import build_model
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.temporal import _step_numpy, _step_torch, check_weight, TemporalFilter
+
+CLASSES = ClassSet(('ground', 'thing', 'sky'), ((10, 10, 10), (200, 0, 0), (0, 0, 255)))
+NET = (64, 96)  # network input (H, W); the tiny model's logits are at stride 8: 8 x 12
+
+
+def softmax(z):
+    e = np.exp(z - z.max(0))
+    return e / e.sum(0)
+
+
+def two_frames():
+    """Logits of two frames on a (2 classes, 2 x 4) grid and a flow of one cell (8 px) right."""
+    z0 = np.array([[[2.0, 0.0, -1.0, 1.0], [0.5, 0.5, 3.0, -2.0]],
+                   [[0.0, 1.0, 1.0, -1.0], [0.0, 2.0, 0.0, 0.0]]], np.float32)
+    z1 = np.array([[[0.0, 1.0, 0.0, 2.0], [1.0, -1.0, 0.0, 0.0]],
+                   [[1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 1.0, 1.0]]], np.float32)
+    flow = np.zeros((2, 16, 32), np.float32)  # network input 32 x 16: the grid's stride is 8
+    flow[0] = 8.0  # each pixel of frame 1 was 8 px (one cell) further right in frame 0
+    return z0, z1, flow
+
+
+@pytest.mark.parametrize('step', [_step_numpy, _step_torch], ids=['numpy', 'torch'])
+def test_step_is_the_hand_computed_flow_warped_average(step):
+    z0, z1, flow = two_frames()
+    w = 0.25
+    _, state = step(torch.from_numpy(z0)[None], None, None, w)
+    out, _ = step(torch.from_numpy(z1)[None], torch.from_numpy(flow), state, w)
+    p0, p1 = softmax(z0), softmax(z1)
+    # by hand: cell (y, x) of frame 1 is cell (y, x + 1) of frame 0; the last column came into
+    # view (x + 1 = 4 lies outside the grid), so it keeps frame 1's probabilities alone
+    want = p1.copy()
+    want[:, :, :3] = (1 - w) * p1[:, :, :3] + w * p0[:, :, 1:]
+    np.testing.assert_allclose(out[0].exp().numpy(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize('step', [_step_numpy, _step_torch], ids=['numpy', 'torch'])
+def test_half_a_cell_of_flow_blends_the_two_neighbours(step):
+    z0, z1, flow = two_frames()
+    flow[0] = 4.0  # half a cell
+    _, state = step(torch.from_numpy(z0)[None], None, None, 0.5)
+    out, _ = step(torch.from_numpy(z1)[None], torch.from_numpy(flow), state, 0.5)
+    p0, p1 = softmax(z0), softmax(z1)
+    want = p1.copy()
+    want[:, :, :3] = 0.5 * p1[:, :, :3] + 0.25 * (p0[:, :, :3] + p0[:, :, 1:])
+    # OpenCV's remap interpolates in 1/32 steps: exact at half a cell
+    np.testing.assert_allclose(out[0].exp().numpy(), want, atol=1e-5)
+
+
+def test_numpy_and_torch_steps_agree_on_random_motion():
+    rng = np.random.default_rng(0)
+    z = [torch.from_numpy(rng.normal(size=(1, 5, 8, 12)).astype(np.float32)) for _ in range(3)]
+    flows = [torch.from_numpy(rng.normal(scale=6.0, size=(2, 64, 96)).astype(np.float32))
+             for _ in range(2)]
+    sn = st = None
+    for k in range(3):
+        fl = flows[k - 1] if k else None
+        on, sn = _step_numpy(z[k], fl, sn, 0.6)
+        ot, st = _step_torch(z[k], fl, st, 0.6)
+        # OpenCV's fixed-point remap (1/32 of a cell) against grid_sample's float weights
+        assert (on.exp() - ot.exp()).abs().max() < 0.01
+
+
+def test_filter_restarts_without_flow_or_when_the_flow_points_elsewhere():
+    z0, z1, flow = two_frames()
+    fl = torch.from_numpy(flow)
+    first = TemporalFilter(0.5)
+    first(torch.from_numpy(z0)[None], None, 0.0, None)
+    carried = first(torch.from_numpy(z1)[None], fl, 0.1, 0.0)
+    plain = np.log(softmax(z1))
+    assert not np.allclose(carried[0].numpy(), plain, atol=1e-3)
+    cases = {
+        'no flow': (None, 0.0),
+        'flow into another frame (dropped frames)': (fl, 0.05),
+        'reset': (fl, 0.0),
+    }
+    for what, (f, prev_stamp) in cases.items():
+        filt = TemporalFilter(0.5)
+        filt(torch.from_numpy(z0)[None], None, 0.0, None)
+        if what == 'reset':
+            filt.reset()
+        out = filt(torch.from_numpy(z1)[None], f, 0.1, prev_stamp)
+        np.testing.assert_allclose(out[0].numpy(), plain, atol=1e-5, err_msg=what)
+
+
+def test_weight_zero_passes_the_logits_through():
+    z = torch.randn(1, 3, 4, 4)
+    assert TemporalFilter(0.0)(z, torch.zeros(2, 32, 32), 0.1, 0.0) is z
+
+
+@pytest.mark.parametrize('bad', [-0.1, 1.0, 2, 'abc', None])
+def test_bad_weights_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match='temporal smoothing'):
+        check_weight(bad)
+    with pytest.raises(ValueError, match='temporal smoothing'):
+        PipelineConfig(temporal_smoothing=bad).validate()
+
+
+def tiny_pipeline(weight):
+    torch.manual_seed(0)
+    model = build_model('lite', num_classes=3, widths=(8, 8, 16, 16), ppm_channels=8,
+                        flow_widths=(8, 8, 8, 8), fusion_channels=8)
+    card = {'classes': CLASSES.to_dict(), 'input_size': list(NET),
+            'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0}}
+    return FramePipeline(PipelineConfig(device='cpu', temporal_smoothing=weight, backend='torch',
+                                        overlap_flow=False), model=model, card=card)
+
+
+def pan(n, h=120, w=160, seed=0):
+    rng = np.random.default_rng(seed)
+    scene = rng.integers(0, 255, (h, w + 2 * n, 3), np.uint8)
+    return [np.ascontiguousarray(scene[:, 2 * i:2 * i + w]) for i in range(n)]
+
+
+def test_pipeline_labels_are_the_filtered_network_output_per_stream():
+    frames = pan(4)
+    stamps = [0.0, 0.05, 0.1, 5.0]  # the last after a gap: the flow state resets
+    smooth, raw = tiny_pipeline(0.5), tiny_pipeline(0.0)
+    filt = TemporalFilter(0.5)
+    for k, (rgb, t) in enumerate(zip(frames, stamps)):
+        f_raw = raw.prepare(rgb, t)
+        out = raw.infer([f_raw], heads=('fused', 'image'))[0]
+        want = filt(out['fused'], f_raw.flow, t, f_raw.prev_stamp)
+        r = smooth.process(rgb, t, outputs=('confidence',), heads=('fused', 'image'))
+        assert r.used_flow == (k in (1, 2))
+        small = labels_from_logits(want, NET)
+        np.testing.assert_array_equal(r.labels, cv2.resize(small, (160, 120),
+                                                           interpolation=cv2.INTER_NEAREST))
+        # the image head is never smoothed
+        unsmoothed = raw.finish(f_raw, out, outputs=(), heads=('image',))
+        np.testing.assert_array_equal(r.head_labels['image'], unsmoothed.head_labels['image'])
+        # confidence: the smoothed probabilities' maximum
+        conf = torch.softmax(full_size(want, NET), 1).max(1).values[0].numpy()
+        np.testing.assert_allclose(cv2.resize(np.round(conf * 255).astype(np.uint8), (160, 120),
+                                              interpolation=cv2.INTER_LINEAR),
+                                   r.confidence, atol=2)
+    assert r.reset_reason == 'gap'
+
+
+def test_smoothing_makes_flickering_labels_steadier():
+    """A fusion that favours one class but flips to another on every other frame."""
+    frames = pan(12)
+    changed = {}
+    for w in (0.0, 0.7):
+        p = tiny_pipeline(w)
+        sign = [1.0]
+
+        def flip(image_logits, flow_logits):
+            sign[0] = -sign[0]
+            bias = torch.tensor([0.2 + 0.4 * sign[0], 0.0, -5.0]).view(1, 3, 1, 1)
+            return torch.zeros_like(image_logits) + bias
+
+        p.model.fuse = flip
+        labels = [p.process(rgb, 0.05 * k, outputs=()).labels for k, rgb in enumerate(frames)]
+        last = labels[-6:]  # past the start, where the first frames still weigh
+        changed[w] = sum(int((a != b).sum()) for a, b in zip(last, last[1:]))
+    # unsmoothed every pixel flips at every frame (0.6 or -0.2 against 0); the running average
+    # of the probabilities keeps the class the fusion favours on average
+    assert changed[0.0] == 5 * 120 * 160
+    assert changed[0.7] < changed[0.0] / 100
