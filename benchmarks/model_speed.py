@@ -7,7 +7,9 @@ alike. Reported per model: the median and p90 of ``process`` (camera frame in, l
 mask and overlay out) and its stages, and the ratio of the medians.
 
     python benchmarks/model_speed.py OLD.safetensors NEW.safetensors [--camera 640x480]
-        [--frames 150] [--threads 2] [--out model_speed.json]
+        [--frames 150] [--threads 2] [--temporal-smoothing 0.5 0.5] [--out model_speed.json]
+
+One model twice with ``--temporal-smoothing 0 0.5`` times what the smoothing costs.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from flow2seg_ros.cli import size_arg
 from flow2seg_ros.frames import scene_frames
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
 from flow2seg_ros.stats import percentile
+from flow2seg_ros.temporal import DEFAULT_WEIGHT
 from flow2seg_ros.weights import load_model
 
 
@@ -31,16 +34,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--camera', type=size_arg(8), default=(640, 480), help='camera WxH')
     p.add_argument('--frames', type=int, default=150, help='frames per model (10 untimed)')
     p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime threads')
+    p.add_argument('--temporal-smoothing', type=float, nargs=2, default=[DEFAULT_WEIGHT] * 2,
+                   metavar=('W1', 'W2'), help='temporal smoothing of each pipeline')
     p.add_argument('--out', default='model_speed.json', help='JSON report')
     args = p.parse_args(argv)
     pipes, names = [], []
-    for path in args.models:
+    for path, weight in zip(args.models, args.temporal_smoothing):
         if not Path(path).is_file():
             raise SystemExit(f'model file not found: {path}')
         model, card = load_model(path)
-        pipes.append(FramePipeline(PipelineConfig(device='cpu', threads=args.threads),
+        pipes.append(FramePipeline(PipelineConfig(device='cpu', threads=args.threads,
+                                                  temporal_smoothing=weight),
                                    model=model, card=card))
-        names.append(f'{Path(path).name} (flow {type(pipes[-1].flow_estimator).__name__})')
+        names.append(f'{Path(path).name} (flow {type(pipes[-1].flow_estimator).__name__}, '
+                     f'temporal smoothing {weight})')
     frames = scene_frames(args.frames, args.camera)
     times: list[dict[str, list[float]]] = [{} for _ in pipes]
     for i, rgb in enumerate(frames):

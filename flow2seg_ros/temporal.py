@@ -5,8 +5,8 @@ Per stream (each :class:`~flow2seg_ros.pipeline.FramePipeline`, so each camera, 
     p_t = (1 - w v) softmax(fused_t) + w v warp(p_t-1, flow_t)
 
 with ``flow_t`` the pipeline's flow of this frame (on this frame's grid, pointing into the
-previous frame, in pixels at the network's input size) taken to the logits' grid by area
-averaging, ``warp`` bilinear sampling at ``x + flow(x)``, ``v`` 1 where that point lies in the
+previous frame, in pixels at the network's input size) taken at the logits' cell centres,
+``warp`` bilinear sampling at ``x + flow(x)``, ``v`` 1 where that point lies in the
 previous grid (0 where it comes into view), and ``w`` the weight (``temporal_smoothing``; 0 =
 off). The result goes on as the fused logits (``log p_t``), so labels, confidence and pictures all
 come from it. The state restarts whenever a frame has no flow (a first frame, a reset) or its flow
@@ -99,16 +99,27 @@ class TemporalFilter:
         return out
 
 
+_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gy, gx) float32 cell indices of an (h, w) grid, made once per size."""
+    if (h, w) not in _GRIDS:
+        _GRIDS[(h, w)] = tuple(np.mgrid[0:h, 0:w].astype(np.float32))
+    return _GRIDS[(h, w)]
+
+
 def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optional[np.ndarray],
                 weight: float) -> tuple[torch.Tensor, np.ndarray]:
     z = logits[0].float().numpy()  # (C, h, w): the softmax reduces over whole planes
-    p = np.exp(z - z.max(0))
+    c, h, w = z.shape
+    p = cv2.exp((z - z.max(0)).reshape(c, h * w)).reshape(c, h, w)
     p /= p.sum(0)
-    c, h, w = p.shape
     if state is not None and state.shape == p.shape:
         fl = flow.cpu().numpy()  # (2, H, W): each plane contiguous, as OpenCV is fastest
-        fx, fy = (cv2.resize(fl[i], (w, h), interpolation=cv2.INTER_AREA) for i in (0, 1))
-        gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+        # the flow at each cell's centre (bilinear: the pixel-centre convention of the logits)
+        fx, fy = (cv2.resize(fl[i], (w, h), interpolation=cv2.INTER_LINEAR) for i in (0, 1))
+        gy, gx = _grid(h, w)
         map_x = gx + fx * np.float32(w / fl.shape[2])
         map_y = gy + fy * np.float32(h / fl.shape[1])
         # OpenCV remaps all C channels in one call in (h, w, C) layout
@@ -116,7 +127,8 @@ def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optio
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         valid = ((map_x > -0.5) & (map_x < w - 0.5) & (map_y > -0.5) & (map_y < h - 0.5))
         p += np.float32(weight) * valid * (warped.reshape(h, w, c).transpose(2, 0, 1) - p)
-    return torch.from_numpy(np.log(np.maximum(p, np.float32(_EPS))))[None], p
+    out = cv2.log(np.maximum(p, np.float32(_EPS)).reshape(c, h * w)).reshape(1, c, h, w)
+    return torch.from_numpy(out), p
 
 
 def _step_torch(logits: torch.Tensor, flow: Optional[torch.Tensor],
@@ -126,7 +138,7 @@ def _step_torch(logits: torch.Tensor, flow: Optional[torch.Tensor],
     h, w = p.shape[-2:]
     if state is not None and state.shape == p.shape:
         fl = flow.to(p.device, torch.float32)[None]
-        small = F.interpolate(fl, size=(h, w), mode='area')[0]
+        small = F.interpolate(fl, size=(h, w), mode='bilinear', align_corners=False)[0]
         gy, gx = torch.meshgrid(torch.arange(h, device=p.device, dtype=torch.float32),
                                 torch.arange(w, device=p.device, dtype=torch.float32),
                                 indexing='ij')
