@@ -168,3 +168,17 @@ def test_smoothing_makes_flickering_labels_steadier():
     # of the probabilities keeps the class the fusion favours on average
     assert changed[0.0] == 5 * 120 * 160
     assert changed[0.7] < changed[0.0] / 100
+
+
+@pytest.mark.cuda
+def test_filter_on_cuda_logits_runs_on_the_device_and_matches_the_cpu():
+    rng = np.random.default_rng(1)
+    z = [torch.from_numpy(rng.normal(size=(1, 19, 32, 64)).astype(np.float32)) for _ in range(3)]
+    flow = torch.from_numpy(rng.normal(scale=5.0, size=(2, 256, 512)).astype(np.float32))
+    cpu, gpu = TemporalFilter(0.5), TemporalFilter(0.5)
+    for k in range(3):
+        fl, prev = (flow, k - 1.0) if k else (None, None)
+        a = cpu(z[k], fl, float(k), prev)
+        b = gpu(z[k].cuda(), None if fl is None else fl.cuda(), float(k), prev)
+        assert b.device.type == 'cuda'
+        assert (a.exp() - b.cpu().exp()).abs().max() < 0.01
