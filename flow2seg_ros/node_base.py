@@ -350,7 +350,8 @@ class SegmentationNodeMixin:
             if config is not None:  # the pipeline reads these per frame
                 config.overlay_alpha = float(merged['overlay_alpha'])
                 config.max_gap_s = float(merged['max_frame_gap_s'])
-                cam.pipeline.temporal.weight = float(merged['temporal_smoothing'])
+                if cam.pipeline.has_flow_path:  # without one there is no flow to smooth along
+                    cam.pipeline.temporal.weight = float(merged['temporal_smoothing'])
         if period_changed and self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(

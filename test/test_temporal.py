@@ -182,3 +182,17 @@ def test_filter_on_cuda_logits_runs_on_the_device_and_matches_the_cpu():
         b = gpu(z[k].cuda(), None if fl is None else fl.cuda(), float(k), prev)
         assert b.device.type == 'cuda'
         assert (a.exp() - b.cpu().exp()).abs().max() < 0.01
+
+
+def test_a_model_without_a_flow_path_is_left_alone():
+    model = build_model('lite', num_classes=3, use_flow=False, widths=(8, 8, 16, 16),
+                        ppm_channels=8)
+    card = {'classes': CLASSES.to_dict(), 'input_size': list(NET)}
+    p = FramePipeline(PipelineConfig(device='cpu', temporal_smoothing=0.5), model=model,
+                      card=card)
+    assert p.temporal.weight == 0.0
+    frames = pan(2)
+    p.process(frames[0], 0.0)
+    f = p.prepare(frames[1], 0.05)
+    out = p.infer([f])[0]
+    assert f.flow is None and p.temporal(out['fused'], f.flow, 0.05, None) is out['fused']
