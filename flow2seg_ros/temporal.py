@@ -35,7 +35,7 @@ __all__ = ['DEFAULT_WEIGHT', 'TemporalFilter', 'check_weight']
 
 #: The default weight of the previous frame. Of the weights measured (0.3, 0.5, 0.7) on the
 #: held-out splits of the bundled model and a v2 model, it is within 0.1 mIoU of the best on each
-#: split and 3 to 5 TC points steadier than 0.3; 0.7 is steadier still but loses 0.4-0.9 mIoU.
+#: split and 3 to 5 TC points steadier than 0.3; 0.7 is steadier still but loses 0.5-0.9 mIoU.
 DEFAULT_WEIGHT = 0.5
 
 #: Floor of a probability before its log (the logits handed on stay finite).
