@@ -500,6 +500,8 @@ class SegmentationNodeMixin:
             'frames_bad_input': str(stats.bad_input),
             'frames_failed': str(stats.failed),
             'flow_resets': str(stats.resets),
+            'temporal_smoothing': f'{cam.pipeline.temporal.weight:g}',
+            'temporal_frames_carried': str(cam.pipeline.temporal.carried),
             'last_reset_reason': str(stats.last_reset_reason),
             'batch_size_last': str(stats.last_batch_size),
             'device': self.device,

@@ -59,10 +59,16 @@ class TemporalFilter:
 
     Args:
         weight: the previous frame's weight ``w`` in [0, 1); 0 passes the logits through.
+
+    Attributes:
+        carried: frames that took the previous frame's probabilities along (the node's
+            diagnostics report it: few against the frames processed means frequent restarts,
+            for instance from dropped frames).
     """
 
     def __init__(self, weight: float = DEFAULT_WEIGHT) -> None:
         self.weight = check_weight(weight)
+        self.carried = 0
         self._state: Optional[np.ndarray | torch.Tensor] = None  # p_t-1 on the logits' grid
         self._stamp: Optional[float] = None  # the frame it belongs to
 
@@ -90,6 +96,7 @@ class TemporalFilter:
             return logits
         carry = (flow is not None and self._state is not None and prev_stamp is not None
                  and prev_stamp == self._stamp)
+        self.carried += carry
         if logits.device.type == 'cpu':
             out, self._state = _step_numpy(logits, flow if carry else None,
                                            self._state if carry else None, self.weight)

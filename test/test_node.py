@@ -309,6 +309,8 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
     values = processed_in_diagnostics()
     assert values['device'] == 'cpu' and values['frames_dropped'] == '0'
     assert values['input_topic'] == '/cam/image_raw/compressed'
+    # one frame: nothing to carry along yet
+    assert values['temporal_smoothing'] == '0.5' and values['temporal_frames_carried'] == '0'
 
 
 @pytest.mark.parametrize('params,match', [

@@ -77,6 +77,7 @@ def test_filter_restarts_without_flow_or_when_the_flow_points_elsewhere():
     first = TemporalFilter(0.5)
     first(torch.from_numpy(z0)[None], None, 0.0, None)
     carried = first(torch.from_numpy(z1)[None], fl, 0.1, 0.0)
+    assert first.carried == 1
     plain = np.log(softmax(z1))
     assert not np.allclose(carried[0].numpy(), plain, atol=1e-3)
     cases = {
@@ -91,6 +92,7 @@ def test_filter_restarts_without_flow_or_when_the_flow_points_elsewhere():
             filt.reset()
         out = filt(torch.from_numpy(z1)[None], f, 0.1, prev_stamp)
         np.testing.assert_allclose(out[0].numpy(), plain, atol=1e-5, err_msg=what)
+        assert filt.carried == 0, what
 
 
 def test_weight_zero_passes_the_logits_through():
@@ -145,6 +147,7 @@ def test_pipeline_labels_are_the_filtered_network_output_per_stream():
                                               interpolation=cv2.INTER_LINEAR),
                                    r.confidence, atol=2)
     assert r.reset_reason == 'gap'
+    assert smooth.temporal.carried == 2  # the two frames with flow
 
 
 def test_smoothing_makes_flickering_labels_steadier():
