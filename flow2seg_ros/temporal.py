@@ -133,6 +133,10 @@ def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optio
         # OpenCV remaps all C channels in one call in (h, w, C) layout
         warped = cv2.remap(np.ascontiguousarray(state.transpose(1, 2, 0)), map_x, map_y,
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # in view: within half a cell of the grid (its cells' extent). Not the training loss's
+        # losses.warp_to_current: its test (within the outer cells' centres) and zero padding
+        # drop the border cells at the slightest flow noise (measured: a quarter of the
+        # pixels of a panned test scene then flickered)
         valid = ((map_x > -0.5) & (map_x < w - 0.5) & (map_y > -0.5) & (map_y < h - 0.5))
         p += np.float32(weight) * valid * (warped.reshape(h, w, c).transpose(2, 0, 1) - p)
     out = cv2.log(np.maximum(p, np.float32(_EPS)).reshape(c, h * w)).reshape(1, c, h, w)
