@@ -80,7 +80,8 @@ def prediction_name(label_path: Path) -> str:
 def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
                        heads: Sequence[str] = HEADS, fps: float = DEFAULT_FPS,
                        write_label_ids: Optional[Path] = None, label_head: str = 'fused',
-                       tc_flow: Any = None, progress: bool = True) -> dict[str, Any]:
+                       tc_flow: Any = None, progress: bool = True,
+                       segment_every: int = 1) -> dict[str, Any]:
     """Run every sequence through the pipeline in frame order and score each head.
 
     Args:
@@ -93,10 +94,17 @@ def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
         label_head: head whose predictions are written.
         tc_flow: flow estimator for temporal consistency (None = HeadsEvaluator's default).
         progress: show a progress bar.
+        segment_every: segment only frames 0, N, 2N, ... of each sequence, as a node that
+            drops the frames in between does: each segmented frame's flow goes to the frame
+            received just before it, and only segmented frames are scored (temporal consistency
+            between consecutive segmented frames). 1 = every frame.
 
     Returns:
         ``HeadsEvaluator.summary()`` plus ``sequences``, ``seconds``, ``written`` (PNG count).
     """
+    if int(segment_every) < 1:
+        raise ValueError(f'segment_every must be >= 1, got {segment_every!r}')
+    every = int(segment_every)
     classes: ClassSet = pipeline.classes
     evaluator = HeadsEvaluator(classes, heads=heads, tc_flow=tc_flow)
     to_label = classes.train_to_label_lut()
@@ -108,11 +116,19 @@ def evaluate_sequences(pipeline: Any, dataset: Any, *, max_sequences: int = 0,
         for seq in sequences:
             pipeline.reset()
             evaluator.new_sequence()
+            received = None  # (rgb, stamp) of the last frame read but not segmented
             for k, (image_path, label_path) in enumerate(zip(seq.images, seq.labels)):
+                if k % every:
+                    if k % every == every - 1:  # the next segmented frame's flow goes here
+                        received = (dataset.read_image(image_path), k / fps)
+                    bar.update(1)
+                    continue
                 rgb = dataset.read_image(image_path)
                 target = (None if label_path is None
                           else dataset.read_label(label_path, rgb.shape))
-                result = pipeline.process(rgb, k / fps, outputs=(), heads=tuple(heads))
+                result = pipeline.process(rgb, k / fps, outputs=(), heads=tuple(heads),
+                                          prev=received)
+                received = None
                 evaluator.update(rgb, result.head_labels, target)
                 pred = result.head_labels.get(label_head)
                 if write_label_ids is not None and label_path is not None and pred is not None:
@@ -182,6 +198,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--temporal-smoothing', type=float, default=DEFAULT_WEIGHT, metavar='W',
                         help='weight of the previous frame in the fused labels, carried along '
                              f'the flow (0 = off; default {DEFAULT_WEIGHT})')
+    parser.add_argument('--segment-every', type=int, default=1, metavar='N',
+                        help='segment every Nth frame only, as a node too slow for the camera '
+                             'drops the frames in between (default 1: every frame)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     return parser
 
@@ -214,6 +233,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     """
     if args.max_sequences < 0:
         raise ValueError(f'--max-sequences must be >= 0, got {args.max_sequences}')
+    if args.segment_every < 1:
+        raise ValueError(f'--segment-every must be >= 1, got {args.segment_every}')
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset folder not found: {root}')
@@ -229,7 +250,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     summary = evaluate_sequences(pipeline, dataset, max_sequences=args.max_sequences,
                                  heads=heads, fps=fps,
                                  write_label_ids=label_dir, label_head=args.label_head,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress,
+                                 segment_every=args.segment_every)
     card = pipeline.card
     summary['setup'] = {
         'data': str(root), 'split': args.split, 'weights': args.weights or 'bundled',
@@ -239,6 +261,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
                  'scale': pipeline.flow_scale},
         'device': str(pipeline.device), 'backend': pipeline.backend, 'fps': fps,
         'label_head': args.label_head, 'temporal_smoothing': pipeline.temporal.weight,
+        'segment_every': args.segment_every,
         'command': ' '.join(['flow2seg-evaluate', *(sys.argv[1:] if argv is None else argv)]),
     }
     print(format_report(summary, pipeline.classes))

@@ -112,6 +112,38 @@ def test_max_sequences_and_image_only_model(tmp_path, trained):
     assert set(summary['heads']) == {'fused', 'image'}  # no flow path, no flow head
 
 
+def test_segment_every_drops_frames_as_an_overloaded_node_does(tmp_path, trained):
+    root, model = trained
+    from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+    pipeline = FramePipeline(PipelineConfig(weights=str(model), device='cpu', threads=1))
+    calls = []
+    process = pipeline.process
+
+    def recording(rgb, stamp, **kw):
+        calls.append((rgb.copy(), stamp, kw.get('prev')))
+        return process(rgb, stamp, **kw)
+
+    pipeline.process = recording
+    dataset = evaluate.find_sequences(root, 'val', pipeline.classes)
+    seq = list(dataset)[0]
+    summary = evaluate.evaluate_sequences(pipeline, dataset, max_sequences=1, fps=10.0,
+                                          progress=False, segment_every=2)
+    # frames 0 and 2 of the 3 segmented and scored; frame 2's flow goes to frame 1 (received,
+    # dropped), frame 0 has none
+    assert summary['frames'] == 2 and [c[1] for c in calls] == [0.0, 0.2]
+    assert calls[0][2] is None
+    prev_rgb, prev_stamp = calls[1][2]
+    assert prev_stamp == pytest.approx(0.1)
+    np.testing.assert_array_equal(prev_rgb, dataset.read_image(seq.images[1]))
+    np.testing.assert_array_equal(calls[1][0], dataset.read_image(seq.images[2]))
+    assert evaluate.main(['--data', str(root), '--weights', str(model), '--segment-every', '2',
+                          '--out', str(tmp_path / 'o'), '--no-progress']) == 0
+    summary = json.loads((tmp_path / 'o' / 'metrics.json').read_text())
+    assert summary['frames'] == 4 and summary['setup']['segment_every'] == 2
+    with pytest.raises(ValueError, match='segment_every must be >= 1, got 0'):
+        evaluate.evaluate_sequences(pipeline, dataset, segment_every=0, progress=False)
+
+
 def _error(capsys):
     """stderr of a main() that failed cleanly: the tool's error line, no traceback."""
     err = capsys.readouterr().err
@@ -149,6 +181,8 @@ def test_missing_or_invalid_weights_file(tmp_path, capsys):
     assert '--max-sequences must be >= 0, got -1' in _error(capsys)
     assert evaluate.main(['--data', str(tmp_path / 'data'), '--temporal-smoothing', '1.5']) == 2
     assert 'temporal smoothing must be in [0, 1) (0 = off), got 1.5' in _error(capsys)
+    assert evaluate.main(['--data', str(tmp_path / 'data'), '--segment-every', '0']) == 2
+    assert '--segment-every must be >= 1, got 0' in _error(capsys)
 
 
 def test_prediction_name_matches_cityscapes_pattern():
