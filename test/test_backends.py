@@ -213,6 +213,22 @@ def test_upsampled_labels_equal_the_argmax_of_upsampled_logits(size):
     assert (got == want.numpy()).mean() > 0.9999
 
 
+def test_upsampled_labels_keep_a_class_that_wins_only_between_cells():
+    # left cells say A, right cells B; K is second everywhere but wins halfway between them,
+    # where A and B are both at 2: the classes upsampled must include it, the others need not
+    logits = np.full((19, 4, 6), -10.0, np.float32)
+    A, B, K = 3, 7, 12
+    logits[A, :, :3], logits[B, :, 3:] = 4.0, 4.0
+    logits[A, :, 3:], logits[B, :, :3] = 0.0, 0.0
+    logits[K] = 2.5
+    size = (32, 48)
+    want = F.interpolate(torch.from_numpy(logits)[None], size=size, mode='bilinear',
+                         align_corners=False).argmax(1)[0].numpy()
+    got = upsampled_labels(logits, size)
+    assert set(np.unique(want)) == {A, B, K}
+    np.testing.assert_array_equal(got, want)
+
+
 def test_evaluate_gives_the_same_miou_with_each_backend(tmp_path):
     from flow2seg_ros import evaluate
     from flow2seg_ros.data.synth import generate
