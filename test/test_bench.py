@@ -237,3 +237,49 @@ def test_motion_gain_runs_the_evaluation(tmp_path, tiny_model_file, capsys):
     with pytest.raises(SystemExit, match='not found'):
         module.main(['--data', str(tmp_path / 'data'), '--fused', str(tmp_path / 'missing'),
                      '--image-only', str(image_only)])
+
+
+def test_flow_use_tells_a_model_that_ignores_its_flow_from_one_that_uses_it(tmp_path):
+    """benchmarks/flow_use.py: a fresh fusion (last layer at zero) gives the image head's labels
+    whatever the flow; a fusion with weights gives other labels with zero and with real flow."""
+    import torch
+    from flow2seg_ros.classes import ClassSet
+    from flow2seg_ros.data.synth import generate
+    from flow2seg_ros.weights import random_model, save_model
+    from conftest import TINY_CLASSES
+
+    module = _load_benchmark('flow_use')
+    data = tmp_path / 'data'
+    generate(data, sequences=1, frames=3, size=(128, 64), seed=5, split='val', progress=False)
+    model, card = random_model('lite', classes=ClassSet.from_dict(TINY_CLASSES),
+                               input_size=(32, 64), seed=1, widths=[8, 8, 16, 16],
+                               flow_widths=[4, 4, 8, 8], ppm_channels=8, fusion_channels=8)
+    ignores = tmp_path / 'ignores.safetensors'
+    torch.nn.init.zeros_(model.fusion.out.weight)
+    torch.nn.init.zeros_(model.fusion.out.bias)
+    save_model(model, ignores, card)
+    result = module.flow_use(str(data), 'val', str(ignores), progress=False)
+    figures = result['figures']
+    assert result['counts'] == {'frames': 2, 'exact': 2, 'moving': 2,
+                                'moving_pixels': result['counts']['moving_pixels'],
+                                'pixels': 2 * 64 * 128}
+    assert set(figures) == {'estimated', 'zero', 'exact', 'image head'}
+    assert figures['estimated'] == figures['zero'] == figures['exact'] == figures['image head']
+    right = result['moving_labelled_right']
+    assert right['reference'] == 'image head'
+    if result['counts']['moving_pixels']:
+        assert right['miou'] >= figures['image head']['miou']
+
+    torch.manual_seed(2)
+    torch.nn.init.normal_(model.fusion.out.weight, std=2.0)
+    uses = tmp_path / 'uses.safetensors'
+    save_model(model, uses, card)
+    out = tmp_path / 'report'
+    assert module.main(['--data', str(data), '--split', 'val', '--fused', str(uses),
+                        '--image-only', str(ignores), '--out', str(out), '--no-progress']) == 0
+    report = json.loads((out / 'flow_use.json').read_text())
+    assert report['moving_labelled_right']['reference'] == 'image-only'
+    # the image-only reference (here the zero-fusion model: its image path is the same)
+    assert report['figures']['image-only'] == figures['image head']
+    rows = report['figures']
+    assert rows['zero'] != rows['estimated'] or rows['zero'] != rows['exact']
