@@ -3,7 +3,8 @@
 For each annotated frame of a split (after a sequence's first), the network runs once per flow
 input, with no temporal smoothing, so only the network's own use of the flow shows:
 
-- ``estimated``: the flow the node computes (the card's method, or ``--flow-method``, ``--flow-preset``);
+- ``estimated``: the flow the node computes (the card's method, or the one named by
+  ``--flow-method`` and ``--flow-preset``);
 - ``zero``: a flow of zeros (a scene where nothing moves);
 - ``exact``: the generator's flow (``<data>/flow/<split>/<city>/<stem>_flow.png``), where the
   split has flow files (``flow2seg-synth`` writes them).
