@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from flow2seg_ros.flow import scale_flow
 
-__all__ = ['CONCURRENT_STAGES', 'network_input', 'upsampled_labels', 'full_size',
+__all__ = ['CONCURRENT_STAGES', 'CV_MAX_CHANNELS', 'network_input', 'upsampled_labels', 'full_size',
            'labels_from_logits', 'CpuPath']
 
 #: Timings (ms) of work done in the flow thread alongside the others; not part of a total.
@@ -62,6 +62,11 @@ def network_input(smalls: Sequence[np.ndarray], scale: torch.Tensor,
             np.multiply(small[:, :, c], a[c], out=x[i, c], casting='unsafe')
             x[i, c] += b[c]
     return torch.from_numpy(x)
+
+
+#: The most channels one OpenCV call takes from Python (OpenCV 5's binding: 128; ``resize``
+#: refuses more and ``remap`` crashes), so wider arrays go through torch or in slices.
+CV_MAX_CHANNELS = 128
 
 
 def _source_index(n_out: int, n_in: int) -> tuple[np.ndarray, ...]:
@@ -112,8 +117,10 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     low = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
     high = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
     ks = np.flatnonzero(((high >= low.max(0)) & ~agree).any((1, 2)))  # ascending: ties as argmax
+    if not ks.size:  # only with NaN logits (a broken model): every class, as before the pruning
+        ks = np.arange(c)
     cells = np.ascontiguousarray(logits[ks].transpose(1, 2, 0), dtype=np.float32)  # (h, w, k)
-    if len(ks) <= 512:  # OpenCV's channel limit
+    if len(ks) <= CV_MAX_CHANNELS:
         up = cv2.resize(cells, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     else:
         up = full_size(torch.from_numpy(logits[ks])[None], size)[0].permute(1, 2, 0).numpy()

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flow2seg_ros.cpu_path import CV_MAX_CHANNELS
+
 __all__ = ['DEFAULT_WEIGHT', 'TemporalFilter', 'check_weight']
 
 #: The default weight of the previous frame. Of the weights measured (0.3, 0.5, 0.7) on the
@@ -131,8 +133,12 @@ def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optio
         map_x = gx + fx * np.float32(w / fl.shape[2])
         map_y = gy + fy * np.float32(h / fl.shape[1])
         # OpenCV remaps all C channels in one call in (h, w, C) layout
-        warped = cv2.remap(np.ascontiguousarray(state.transpose(1, 2, 0)), map_x, map_y,
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        src = np.ascontiguousarray(state.transpose(1, 2, 0))
+        warped = np.concatenate([
+            cv2.remap(np.ascontiguousarray(src[:, :, i:i + CV_MAX_CHANNELS]), map_x, map_y,
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(h, w, -1)
+            for i in range(0, c, CV_MAX_CHANNELS)], axis=2) if c > CV_MAX_CHANNELS else \
+            cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # in view: within half a cell of the grid (its cells' extent). Not the training loss's
         # losses.warp_to_current: its test (within the outer cells' centres) and zero padding
         # drop the border cells at the slightest flow noise (measured: a quarter of the

@@ -229,6 +229,23 @@ def test_upsampled_labels_keep_a_class_that_wins_only_between_cells():
     np.testing.assert_array_equal(got, want)
 
 
+def test_upsampled_labels_of_more_classes_than_opencv_takes_at_once():
+    torch.manual_seed(0)
+    logits = F.interpolate(torch.randn(1, 150, 8, 16), size=(32, 64), mode='bilinear',
+                           align_corners=False)  # 150 classes (ADE20K's count)
+    want = F.interpolate(logits, size=(48, 80), mode='bilinear', align_corners=False).argmax(1)[0]
+    got = upsampled_labels(logits[0].numpy(), (48, 80))
+    assert (got == want.numpy()).mean() > 0.9999
+
+
+def test_upsampled_labels_survive_nan_logits():
+    logits = np.zeros((3, 4, 6), np.float32)
+    logits[1, :, 3:] = 1.0
+    logits[:, :, 2:4] = np.nan  # a broken model's output between the two regions
+    got = upsampled_labels(logits, (32, 48))
+    assert got.shape == (32, 48) and got.dtype == np.uint8 and got.max() < 3
+
+
 def test_evaluate_gives_the_same_miou_with_each_backend(tmp_path):
     from flow2seg_ros import evaluate
     from flow2seg_ros.data.synth import generate

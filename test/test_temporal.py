@@ -71,6 +71,17 @@ def test_numpy_and_torch_steps_agree_on_random_motion():
         assert (on.exp() - ot.exp()).abs().max() < 0.01
 
 
+def test_numpy_step_takes_more_classes_than_opencv_takes_at_once():
+    torch.manual_seed(1)
+    z0, z1 = torch.randn(1, 150, 8, 12), torch.randn(1, 150, 8, 12)
+    flow = torch.randn(2, 64, 96) * 6
+    _, s_np = _step_numpy(z0, None, None, 0.5)
+    _, s_t = _step_torch(z0, None, None, 0.5)
+    out_np, _ = _step_numpy(z1, flow, s_np, 0.5)
+    out_t, _ = _step_torch(z1, flow, s_t, 0.5)
+    np.testing.assert_allclose(out_np.exp().numpy(), out_t.exp().numpy(), atol=0.01)
+
+
 def test_filter_restarts_without_flow_or_when_the_flow_points_elsewhere():
     z0, z1, flow = two_frames()
     fl = torch.from_numpy(flow)
