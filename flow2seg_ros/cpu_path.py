@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from flow2seg_ros.flow import scale_flow
 
-__all__ = ['CONCURRENT_STAGES', 'CV_MAX_CHANNELS', 'network_input', 'upsampled_labels', 'full_size',
-           'labels_from_logits', 'CpuPath']
+__all__ = ['CONCURRENT_STAGES', 'CV_MAX_CHANNELS', 'network_input', 'upsampled_labels',
+           'full_size', 'labels_from_logits', 'CpuPath']
 
 #: Timings (ms) of work done in the flow thread alongside the others; not part of a total.
 CONCURRENT_STAGES = ('flow_thread',)
