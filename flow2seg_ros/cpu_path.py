@@ -117,7 +117,7 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     low = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
     high = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
     ks = np.flatnonzero(((high >= low.max(0)) & ~agree).any((1, 2)))  # ascending: ties as argmax
-    if not ks.size:  # only with NaN logits (a broken model): every class, as before the pruning
+    if not ks.size:  # only with NaN logits (a broken model): then every class
         ks = np.arange(c)
     cells = np.ascontiguousarray(logits[ks].transpose(1, 2, 0), dtype=np.float32)  # (h, w, k)
     if len(ks) <= CV_MAX_CHANNELS:

@@ -132,13 +132,12 @@ def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optio
         gy, gx = _grid(h, w)
         map_x = gx + fx * np.float32(w / fl.shape[2])
         map_y = gy + fy * np.float32(h / fl.shape[1])
-        # OpenCV remaps all C channels in one call in (h, w, C) layout
+        # OpenCV remaps the channels in (h, w, C) layout, up to CV_MAX_CHANNELS in one call
         src = np.ascontiguousarray(state.transpose(1, 2, 0))
-        warped = np.concatenate([
-            cv2.remap(np.ascontiguousarray(src[:, :, i:i + CV_MAX_CHANNELS]), map_x, map_y,
-                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(h, w, -1)
-            for i in range(0, c, CV_MAX_CHANNELS)], axis=2) if c > CV_MAX_CHANNELS else \
-            cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        parts = [cv2.remap(np.ascontiguousarray(src[:, :, i:i + CV_MAX_CHANNELS]), map_x, map_y,
+                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(h, w, -1)
+                 for i in range(0, c, CV_MAX_CHANNELS)]
+        warped = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
         # in view: within half a cell of the grid (its cells' extent). Not the training loss's
         # losses.warp_to_current: its test (within the outer cells' centres) and zero padding
         # drop the border cells at the slightest flow noise (measured: a quarter of the
