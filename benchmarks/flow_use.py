@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.cpu_path import labels_from_logits
 from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, read_flow_png
 from flow2seg_ros.evaluate import find_sequences
-from flow2seg_ros.flow import make_flow_estimator, scale_flow
+from flow2seg_ros.flow import scale_flow
 from flow2seg_ros.metrics import ConfusionMatrix
-from flow2seg_ros.weights import card_flow, load_model
+from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
+from flow2seg_ros.training.dataset import normalize_image
+from flow2seg_ros.weights import load_model
 
 IMAGE_SUFFIX = '_leftImg8bit.png'
 
@@ -61,21 +62,21 @@ def _files(data: Path, split: str, image_path: Path) -> tuple[Optional[Path], Op
 
 def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None, *,
              flow_method: Optional[str] = None, flow_preset: Optional[str] = None,
-             max_sequences: int = 0, progress: bool = True) -> dict[str, Any]:
+             max_sequences: int = 0, fps: float = 17.0, threads: int = 1,
+             progress: bool = True) -> dict[str, Any]:
     """The figures (mIoU in %, all pixels and moving pixels) per row; see the module docstring."""
-    model, card = load_model(fused)
-    if not getattr(model, 'has_flow', False):
+    # the node's own pipeline: its frame resize, flow estimator (method and preset as the node
+    # picks them), flow scale and normalisation; the network's parts are called one by one
+    pipe = FramePipeline(PipelineConfig(weights=fused, device='cpu', backend='torch',
+                                        flow_method=flow_method, flow_preset=flow_preset,
+                                        threads=threads, temporal_smoothing=0.0))
+    if not pipe.has_flow_path:
         raise SystemExit(f'{fused} has no flow path: nothing to measure')
+    model, h, w = pipe.model, *pipe.input_size
     other = load_model(image_only)[0] if image_only else None
-    method, preset = card_flow(card, torch.device('cpu'))
-    estimator = make_flow_estimator(flow_method or method, flow_preset or preset)
-    scale = float(card.get('flow', {}).get('scale', 32.0))
-    h, w = card['input_size']
-    mean = torch.tensor(card['normalization']['mean']).view(1, 3, 1, 1)
-    std = torch.tensor(card['normalization']['std']).view(1, 3, 1, 1)
-    classes_n = len(card['classes']['names'])
+    classes_n = pipe.classes.num_classes
     root = Path(data)
-    dataset = find_sequences(root, split, ClassSet.from_dict(card['classes']))
+    dataset = find_sequences(root, split, pipe.classes)
     rows = ['estimated', 'zero', 'exact', 'image head'] + (['image-only'] if other else [])
     conf = {r: (ConfusionMatrix(classes_n), ConfusionMatrix(classes_n)) for r in rows}
     labelled_right = ConfusionMatrix(classes_n)
@@ -84,31 +85,30 @@ def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None
     with tqdm(total=sum(len(s) for s in sequences), desc='flow use', unit='frame',
               disable=not progress) as bar:
         for seq in sequences:
-            prev = None
-            for image_path, label_path in zip(seq.images, seq.labels):
+            pipe.reset()
+            for k, (image_path, label_path) in enumerate(zip(seq.images, seq.labels)):
                 bar.update(1)
                 rgb = dataset.read_image(image_path)
-                small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-                if prev is None or label_path is None:  # no flow yet, or nothing to score
-                    prev = small
+                frame = pipe.prepare(rgb, k / fps)  # the stream moves on to this frame
+                if frame.prev_small is None or label_path is None:  # no flow, or no label
                     continue
                 target = dataset.read_label(label_path, rgb.shape)
                 flow_file, moving_file = _files(root, split, Path(image_path))
                 moving = (cv2.imread(str(moving_file), cv2.IMREAD_UNCHANGED) > 0
                           if moving_file else np.zeros(target.shape, bool))
-                est = estimator(prev, small)
+                est = pipe.flow_estimator(frame.prev_small, frame.small)
                 est = est.cpu().float() if torch.is_tensor(est) else torch.from_numpy(est)
                 flows = {'estimated': est, 'zero': torch.zeros_like(est)}
                 if flow_file is not None:
                     exact = read_flow_png(flow_file)[0]
                     flows['exact'] = torch.from_numpy(_small_flow(exact, (h, w)))
-                x = (torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255 - mean) / std
+                x = normalize_image(frame.small, *pipe.normalization)[None]
                 logits = {}
                 with torch.inference_mode():
                     image_logits, _ = model.image_logits(x)
                     logits['image head'] = image_logits
                     for name, fl in flows.items():
-                        flow_logits = model.flow_logits(scale_flow(fl[None], scale))
+                        flow_logits = model.flow_logits(scale_flow(fl[None], pipe.flow_scale))
                         logits[name] = model.fuse(image_logits, flow_logits)
                     if other is not None:
                         logits['image-only'] = other.image_logits(x)[0]
@@ -125,7 +125,6 @@ def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None
                 counts['moving'] += moving_file is not None
                 counts['moving_pixels'] += int(moving.sum())
                 counts['pixels'] += moving.size
-                prev = small
 
     def pct(c: ConfusionMatrix) -> Optional[float]:
         m = c.miou()
@@ -135,7 +134,7 @@ def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None
                if name != 'exact' or counts['exact']}
     reference = 'image-only' if other is not None else 'image head'
     return {'data': data, 'split': split, 'fused': fused, 'image_only': image_only,
-            'flow': {'method': flow_method or method, 'preset': flow_preset or preset},
+            'flow': pipe.flow_estimator.name,
             'counts': counts, 'figures': figures,
             'moving_fraction': round(counts['moving_pixels'] / max(counts['pixels'], 1), 4),
             'moving_labelled_right': {'reference': reference, 'miou': pct(labelled_right)}
@@ -145,7 +144,7 @@ def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None
 def format_table(result: dict[str, Any]) -> str:
     """The rows as a text table (mIoU in %, all pixels and moving pixels)."""
     lines = [f'{result["split"]}: {result["counts"]["frames"]} frames; flow '
-             f'{result["flow"]["method"]}/{result["flow"]["preset"]}; moving pixels '
+             f'{result["flow"]}; moving pixels '
              f'{100 * result["moving_fraction"]:.1f} %',
              f'{"row":<22}{"mIoU":>8}{"moving":>8}']
     names = {'estimated': 'fused, estimated flow', 'zero': 'fused, zero flow',
@@ -174,10 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--out', default=None, help='folder for flow_use.json')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
     result = flow_use(args.data, args.split, args.fused, args.image_only,
                       flow_method=args.flow_method, flow_preset=args.flow_preset,
-                      max_sequences=args.max_sequences, progress=not args.no_progress)
+                      max_sequences=args.max_sequences, threads=max(1, args.threads),
+                      progress=not args.no_progress)
     print(format_table(result))
     if args.out:
         out = Path(args.out)
