@@ -219,7 +219,8 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
                  network: tuple[int, int], camera: tuple[int, int], precisions: Sequence[str],
                  graphs: bool, device: torch.device, frames: list[np.ndarray], warmup: int,
                  estimator: Any = None, device_path_on_cpu: bool = False,
-                 device_resident: bool = True) -> list[dict[str, Any]]:
+                 device_resident: bool = True,
+                 variants: Optional[Sequence[dict[str, Any]]] = None) -> list[dict[str, Any]]:
     """Frames through what the node does, per stage; medians over the frames after ``warmup``.
 
     One pipeline per precision, timed interleaved: each frame goes through every pipeline in
@@ -241,13 +242,21 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
         device_path_on_cpu: on the CPU, run the device path's code (eagerly) instead of the
             CPU path: the harness checked end to end without a GPU.
         device_resident: False times the CUDA baseline that resizes and draws on the host.
+        variants: one dict per entry of ``precisions`` (which may repeat): ``label``,
+            ``temporal_smoothing`` (the weight; default the pipeline's) and
+            ``smoothing_graphs`` (False: the smoothing eager while the other stages replay).
     """
     pipes = []
-    for precision in precisions:
+    variants = list(variants) if variants is not None else [{} for _ in precisions]
+    for precision, variant in zip(precisions, variants):
+        extra = ({'temporal_smoothing': variant['temporal_smoothing']}
+                 if 'temporal_smoothing' in variant else {})
         config = PipelineConfig(device=str(device), precision=precision,
                                 input_size=(network[1], network[0]), cuda_graphs=graphs,
-                                device_resident=device_resident)
+                                device_resident=device_resident, **extra)
         pipe = FramePipeline(config, model=model, card=card, flow_estimator=estimator)
+        if not variant.get('smoothing_graphs', True):
+            pipe.temporal.graphs = False  # eager torch on the device
         if device_path_on_cpu and device.type == 'cpu':
             pipe.cpu_path = None  # the pipeline as on CUDA
             pipe.device_path = DevicePath.for_pipeline(pipe)
@@ -280,12 +289,14 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             for key, ms in result.timings.items():
                 stages[k].setdefault(f'pipeline.{key}', []).append(ms)
     rows = []
-    for precision, pipe, timed, box in zip(precisions, pipes, stages, outboxes):
+    for precision, pipe, timed, box, variant in zip(precisions, pipes, stages, outboxes,
+                                                    variants):
         med = {k: _median(v) for k, v in timed.items()}
         runner = pipe.device_path.runner if pipe.device_path is not None else None
         out = {
             'preset': preset, 'network': list(network), 'camera': list(camera),
             'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
+            'variant': variant.get('label', ''), 'temporal_smoothing': pipe.temporal.weight,
             'device_path': pipe.device_path is not None,
             'path': ('device' if pipe.device_path is not None else
                      'host' if device.type == 'cuda' else 'cpu'),
@@ -312,6 +323,23 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
                 torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
         rows.append(out)
     return rows
+
+
+SMOOTHING_VARIANTS = ({'label': 'smoothing off', 'temporal_smoothing': 0.0},
+                      {'label': 'smoothing as graphs'},
+                      {'label': 'smoothing eager', 'smoothing_graphs': False})
+
+
+def time_smoothing(model: torch.nn.Module, card: dict[str, Any], device: torch.device,
+                   frames: list[np.ndarray], warmup: int, estimator: Any = None
+                   ) -> list[dict[str, Any]]:
+    """What the temporal smoothing costs on the device: the lite preset at 512x256 from the
+    given frames, fp32, CUDA graphs on, timed interleaved frame by frame with the smoothing
+    off, captured with the other stages (the default), and run eagerly between them."""
+    return time_configs(model, card, preset='lite', network=(512, 256),
+                        camera=frames[0].shape[1::-1], precisions=('fp32',) * 3, graphs=True,
+                        device=device, frames=frames, warmup=warmup, estimator=estimator,
+                        variants=SMOOTHING_VARIANTS)
 
 
 def time_compile(model: torch.nn.Module, card: dict[str, Any], device: torch.device, *,
@@ -488,6 +516,16 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
         for row in rows:
             report['configs'].append(row)
             print(report_row(row), flush=True)
+    try:
+        report['smoothing'] = time_smoothing(*nets['lite'], device, frames[(1280, 720)],
+                                             args.warmup, estimator)
+        for row in report['smoothing']:
+            med = row['median_ms']
+            print(f"smoothing: {row['variant']:20s} process {med['process']:.3f} ms, argmax "
+                  f"stage {med.get('pipeline.argmax', float('nan')):.3f} ms", flush=True)
+    except Exception as exc:  # reported; the matrix stands
+        ok = False
+        report['errors'].append(f'smoothing: {type(exc).__name__}: {exc}'[:500])
     report['formats'] = {}
     for preset, size in (('lite', (256, 512)), ('paper', (512, 1024))):
         try:

@@ -487,8 +487,9 @@ class FramePipeline:
         """
         outputs, heads = self._check_outputs_heads(outputs, heads)
         timer = _Timer(self.device.type == 'cuda', frame.timings)
-        out = dict(out, fused=frame.pipeline.temporal(out['fused'], frame.flow, frame.stamp,
-                                                      frame.prev_stamp))  # in stage 'argmax'
+        pipe, f = frame.pipeline, frame  # the stream's smoothing, its device path's graphs
+        out = dict(out, fused=pipe.temporal(out['fused'], f.flow, f.stamp, f.prev_stamp,
+                                            getattr(pipe.device_path, 'runner', None)))
         if frame.device is not None and frame.pipeline.device_path is not None:
             return self._finish_on_device(frame, out, outputs, heads, timer)
         want_conf = 'confidence' in outputs

@@ -20,11 +20,12 @@ consistency up by 7.6 to 11.4 points and mIoU by 0.1 to 0.5 (README, "Temporal s
 
 On the CPU it runs in NumPy and OpenCV (no multi-threaded torch op, which would leave OpenMP
 threads spinning beside the next frame's flow thread; :mod:`flow2seg_ros.cpu_path`); on CUDA in
-torch on the device. Both compute the same values (tested).
+torch on the device, replayed as CUDA graphs (one for a restart, one for a carried frame) when
+the device path's graph runner is given. Both compute the same values (tested).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -63,6 +64,8 @@ class TemporalFilter:
         weight: the previous frame's weight ``w`` in [0, 1); 0 passes the logits through.
 
     Attributes:
+        graphs: take a call's ``runner`` (default True; False runs torch eagerly on the
+            device even then, as gpu-check does to time both).
         carried: frames that took the previous frame's probabilities along (the node's
             diagnostics report it: few against the frames processed means frequent restarts,
             for instance from dropped frames).
@@ -70,6 +73,7 @@ class TemporalFilter:
 
     def __init__(self, weight: float = DEFAULT_WEIGHT) -> None:
         self.weight = check_weight(weight)
+        self.graphs = True
         self.carried = 0
         self._state: Optional[np.ndarray | torch.Tensor] = None  # p_t-1 on the logits' grid
         self._stamp: Optional[float] = None  # the frame it belongs to
@@ -80,7 +84,7 @@ class TemporalFilter:
         self._stamp = None
 
     def __call__(self, logits: torch.Tensor, flow: Optional[torch.Tensor], stamp: float,
-                 prev_stamp: Optional[float]) -> torch.Tensor:
+                 prev_stamp: Optional[float], runner: Any = None) -> torch.Tensor:
         """One frame: the smoothed logits, and the state moves on to this frame.
 
         Args:
@@ -89,6 +93,10 @@ class TemporalFilter:
                 previous), or None when the frame has none.
             stamp: this frame's time.
             prev_stamp: the time of the frame the flow points into (None without flow).
+            runner: the stream's :class:`~flow2seg_ros.device_path.GraphRunner` (its device
+                path's), or None: with one the step runs in torch through it, as CUDA graphs
+                on CUDA (eagerly elsewhere); without, NumPy/OpenCV for CPU logits and torch
+                eagerly for device logits.
 
         Returns:
             (1, C, h, w) float32 logits (log-probabilities) on the logits' device; the input
@@ -99,14 +107,35 @@ class TemporalFilter:
         carry = (flow is not None and self._state is not None and prev_stamp is not None
                  and prev_stamp == self._stamp)
         self.carried += carry
-        if logits.device.type == 'cpu':
+        runner = runner if self.graphs else None
+        if logits.device.type == 'cpu' and runner is None:
             out, self._state = _step_numpy(logits, flow if carry else None,
                                            self._state if carry else None, self.weight)
-        else:
+        elif runner is None:
             out, self._state = _step_torch(logits, flow if carry else None,
                                            self._state if carry else None, self.weight)
+        else:
+            out, self._state = self._step_graph(runner, logits, flow if carry else None)
         self._stamp = stamp
         return out
+
+    def _step_graph(self, runner: Any, logits: torch.Tensor, flow: Optional[torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch step through the runner: a graph for a restart and one for a carried
+        frame per size (their outputs copied out, so several streams may share the runner)."""
+        w = self.weight
+        state = self._state
+        if flow is None or state is None or state.shape != logits.shape:
+            def start(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return _step_torch(z, None, None, w)
+            return runner('temporal', start, (logits,), ('start', w),
+                          size=tuple(logits.shape[-2:]))
+
+        def carry(z: torch.Tensor, f: torch.Tensor, s: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+            return _step_torch(z, f, s, w)
+        return runner('temporal', carry, (logits, flow.to(logits.device), state),
+                      ('carry', w), size=tuple(logits.shape[-2:]))
 
 
 _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}

@@ -210,3 +210,58 @@ def test_a_model_without_a_flow_path_is_left_alone():
     f = p.prepare(frames[1], 0.05)
     out = p.infer([f])[0]
     assert f.flow is None and p.temporal(out['fused'], f.flow, 0.05, None) is out['fused']
+
+
+class RecordingRunner:
+    """Stands in for the device path's GraphRunner: records each stage call, runs it eagerly."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, name, fn, inputs, static_key=(), *, size=None, clone=True):
+        self.calls.append((name, static_key, [tuple(x.shape) for x in inputs]))
+        return tuple(fn(*inputs))
+
+
+def test_filter_with_a_graph_runner_runs_the_torch_step_as_two_stages():
+    """With a runner (the device path's), a restart and a carried frame are its two stages, with
+    the weight in their key, and the values are the NumPy path's; a cut restarts."""
+    rng = np.random.default_rng(2)
+    z = [torch.from_numpy(rng.normal(size=(1, 3, 8, 12)).astype(np.float32)) for _ in range(4)]
+    flow = torch.from_numpy(rng.normal(scale=3.0, size=(2, 64, 96)).astype(np.float32))
+    runner = RecordingRunner()
+    graphed, plain = TemporalFilter(0.4), TemporalFilter(0.4)
+    stamps = [(0.0, None), (0.1, 0.0), (0.2, 0.1), (0.4, 0.3)]  # the last points elsewhere
+    for k, (stamp, prev) in enumerate(stamps):
+        fl = flow if k else None
+        a = plain(z[k], fl, stamp, prev)
+        b = graphed(z[k], fl, stamp, prev, runner)
+        np.testing.assert_allclose(b.exp().numpy(), a.exp().numpy(), atol=1e-5)
+    assert [c[:2] for c in runner.calls] == [('temporal', ('start', 0.4)),
+                                             ('temporal', ('carry', 0.4)),
+                                             ('temporal', ('carry', 0.4)),
+                                             ('temporal', ('start', 0.4))]
+    assert runner.calls[1][2] == [(1, 3, 8, 12), (2, 64, 96), (1, 3, 8, 12)]
+    assert graphed.carried == plain.carried == 2
+
+
+@pytest.mark.cuda
+def test_filter_replayed_as_cuda_graphs_matches_eager_on_cuda():
+    from flow2seg_ros.device_path import GraphRunner
+    rng = np.random.default_rng(3)
+    z = [torch.from_numpy(rng.normal(size=(1, 19, 32, 64)).astype(np.float32)).cuda()
+         for _ in range(5)]
+    flows = [torch.from_numpy(rng.normal(scale=4.0, size=(2, 256, 512)).astype(np.float32))
+             for _ in range(5)]
+    runner = GraphRunner()
+    graphed, eager = TemporalFilter(0.5), TemporalFilter(0.5)
+    for k in range(5):
+        fl, prev = (flows[k], k - 1.0) if k else (None, None)
+        if k == 3:
+            prev = 0.5  # a dropped frame: restart
+        a = eager(z[k], None if fl is None else fl.cuda(), float(k), prev)
+        b = graphed(z[k], fl, float(k), prev, runner)  # host flow: uploaded by the filter
+        assert b.device.type == 'cuda'
+        assert (a - b).abs().max().item() < 1e-4
+    assert runner.captures == 2 and not runner.failed  # one restart graph, one carry graph
+    assert graphed.carried == eager.carried == 3
