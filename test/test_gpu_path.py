@@ -659,7 +659,8 @@ def test_cuda_outputs_download_into_page_locked_message_buffers():
 
 @pytest.mark.cuda
 def test_cuda_device_finish_equals_cpu_finish_on_the_same_logits():
-    cpu = tiny_pipeline(**TORCH_ON_CPU)
+    # the same logits into both: no temporal smoothing before the CPU path's finish
+    cpu = tiny_pipeline(temporal_smoothing=0.0, **TORCH_ON_CPU)
     dev = with_device_path(tiny_pipeline('cuda'), 'cuda', graphs=True)
     frames = scene(2, 720, 1280)
     outputs = ('color_mask', 'overlay', 'confidence', 'flow_rgb')
