@@ -519,7 +519,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--presets', nargs='+', default=['lite', 'paper'],
                         choices=['lite', 'paper'], help='model presets (random weights)')
     parser.add_argument('--weights', default=None,
-                        help='a model file to time instead of random presets')
+                        help='a model file or bundled name to time instead of random presets')
     parser.add_argument('--num-classes', type=int, default=19,
                         help='classes of random models (19 = Cityscapes)')
     parser.add_argument('--sizes', nargs='+', type=size_arg(), default=None,
@@ -580,8 +580,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for w, h in args.sizes:
         if w % 8 or h % 8 or w < 32 or h < 32:
             parser.error(f'network size must be multiples of 8 and >= 32, got {w}x{h}')
-    if args.weights and not Path(args.weights).is_file():
-        parser.error(f'weights file not found: {args.weights}')
     try:
         report = run(args)
     except (ValueError, RuntimeError, OSError) as exc:

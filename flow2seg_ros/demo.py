@@ -45,7 +45,10 @@ class DemoError(RuntimeError):
 
 
 def _model_file(weights_file: Optional[str]) -> tuple[Path, dict[str, Any]]:
-    path = Path(weights_file) if weights_file else weights.bundled_model_path()
+    try:
+        path = weights.resolve_model_path(weights_file)  # a path or a bundled model's name
+    except weights.WeightsError as exc:
+        raise DemoError(str(exc)) from None
     if not path.is_file():
         if weights_file:
             raise DemoError(f'model file not found: {path}')

@@ -179,7 +179,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "on whole sequences with the node's frame pipeline.")
     parser.add_argument('--data', required=True, help='dataset root (Cityscapes layout)')
     parser.add_argument('--split', default='val', help='split folder (default val)')
-    parser.add_argument('--weights', default=None, help='model .safetensors (default: bundled)')
+    parser.add_argument('--weights', default=None,
+                        help='model .safetensors or bundled model name (default: the bundled one)')
     parser.add_argument('--out', default=None, help='folder for metrics.json')
     parser.add_argument('--write-label-ids', default=None, metavar='DIR',
                         help='write predictions of annotated frames as Cityscapes labelId PNGs')

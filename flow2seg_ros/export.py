@@ -199,8 +199,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     'logits) as ONNX beside its JSON card, for ONNX Runtime and TensorRT.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--weights', default=None,
-                        help='model .safetensors (with its .json card); default: the bundled '
-                             'model')
+                        help='model .safetensors (with its .json card) or a bundled model name; '
+                             'default: the bundled model')
     parser.add_argument('--size', type=size_arg(MIN_INPUT_SIZE), default=None,
                         help="network input WxH (multiples of 8); default: the card's")
     group = parser.add_mutually_exclusive_group()

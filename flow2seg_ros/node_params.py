@@ -18,6 +18,7 @@ import yaml
 from flow2seg_ros.flow import FLOW_METHODS
 from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
 from flow2seg_ros.temporal import DEFAULT_WEIGHT
+from flow2seg_ros.weights import resolve_model_path, WeightsError
 
 __all__ = ['DEFAULTS', 'DESCRIPTIONS', 'NODE_NAME', 'NodeConfigError', 'OPTIONAL_OUTPUTS',
            'RUNTIME', 'batch_size', 'camera_names', 'check_ros_arguments', 'describe_type_error',
@@ -53,7 +54,8 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 DESCRIPTIONS = {
-    'model_path': "Flow2Seg .safetensors file with its .json model card; '' = the bundled model.",
+    'model_path': "Flow2Seg .safetensors file with its .json model card, or a bundled model's "
+                  "name (flow2seg_lite_synthetic_v2: 19 classes); '' = the bundled default.",
     'device': 'auto (CUDA when present, else CPU), cpu, cuda or cuda:N.',
     'backend': 'Who runs the network on the CPU: auto (onnxruntime where installed), torch '
                'or onnxruntime.',
@@ -169,8 +171,12 @@ def validate_parameters(values: Dict[str, Any]) -> List[str]:
                 PipelineConfig(input_size=(h, w)).validate()
             except ValueError as exc:
                 problems.append(f'network_image_width={w}, network_image_height={h}: {exc}')
-    if values.get('model_path') and not os.path.isfile(values['model_path']):
-        bad('model_path', 'no such file')
+    if values.get('model_path'):
+        try:
+            if not resolve_model_path(values['model_path']).is_file():
+                bad('model_path', 'no such file')
+        except WeightsError as exc:
+            bad('model_path', str(exc))
     if 'input_transport' in values and values['input_transport'] not in ('raw', 'compressed'):
         bad('input_transport', 'expected raw or compressed')
     if ('image_reliability' in values

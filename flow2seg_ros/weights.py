@@ -25,6 +25,7 @@ __all__ = [
     'IMAGENET_MEAN',
     'IMAGENET_STD',
     'WeightsError',
+    'BUNDLED_MODELS',
     'bundled_model_path',
     'card_flow',
     'card_path',
@@ -32,6 +33,7 @@ __all__ = [
     'make_card',
     'random_model',
     'read_safetensors',
+    'resolve_model_path',
     'save_model',
 ]
 
@@ -47,9 +49,37 @@ _REQUIRED_CARD_KEYS = ('format', 'preset', 'model_kwargs', 'classes')
 PathLike = Union[str, os.PathLike]
 
 
-def bundled_model_path() -> Path:
-    """Path of the bundled default model (``flow2seg_ros/bundled/flow2seg_lite_synthetic``)."""
-    return Path(__file__).resolve().parent / 'bundled' / 'flow2seg_lite_synthetic.safetensors'
+#: The models in ``flow2seg_ros/bundled/`` by name (the first is the default): the first model,
+#: 10 of Cityscapes' classes on the v1 street scenes, and the second, all 19 on the v2 scenes
+#: (README, "The bundled model" and "The second bundled model"). Each is a safetensors file with
+#: its JSON card.
+BUNDLED_MODELS = ('flow2seg_lite_synthetic', 'flow2seg_lite_synthetic_v2')
+
+
+def bundled_model_path(name: str = BUNDLED_MODELS[0]) -> Path:
+    """Path of a bundled model (``flow2seg_ros/bundled/<name>.safetensors``; default the
+    default model)."""
+    return Path(__file__).resolve().parent / 'bundled' / f'{name}.safetensors'
+
+
+def resolve_model_path(spec: Optional[PathLike]) -> Path:
+    """The model file a ``model_path`` / ``--weights`` value names.
+
+    ``''`` or None is the bundled default; a bare name of :data:`BUNDLED_MODELS` is that bundled
+    model; anything else (a ``/``, a ``.safetensors`` ending, an existing file) is a path.
+
+    Raises:
+        WeightsError: a bare name that is not a bundled model (the message lists them).
+    """
+    if spec is None or str(spec) == '':
+        return bundled_model_path()
+    text = str(spec)
+    if text in BUNDLED_MODELS:
+        return bundled_model_path(text)
+    if '/' in text or os.sep in text or text.endswith('.safetensors') or Path(text).is_file():
+        return Path(text).expanduser()
+    raise WeightsError(f'{text!r} is neither a bundled model ({", ".join(BUNDLED_MODELS)}) '
+                       'nor a path to a .safetensors file')
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -203,8 +233,8 @@ def load_model(path: Optional[PathLike] = None, *,
     """Load a model and its card; ``path=None`` loads the bundled default.
 
     Args:
-        path: a ``.safetensors`` file with its ``.json`` card beside it, or None for
-            :func:`bundled_model_path`.
+        path: a ``.safetensors`` file with its ``.json`` card beside it, the name of a bundled
+            model (:data:`BUNDLED_MODELS`), or None for the bundled default.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
 
     Returns:
@@ -214,8 +244,9 @@ def load_model(path: Optional[PathLike] = None, *,
         WeightsError: missing file, pickle or non-safetensors file, missing/invalid card, or a
             card that does not match the tensors. The message names the file.
     """
-    if path is None:
-        path = bundled_model_path()
+    bundled = path is None or str(path) in BUNDLED_MODELS
+    path = resolve_model_path(path)
+    if bundled:
         if not path.is_file():
             raise WeightsError(f'the bundled model is missing: {path}; train it with '
                                '`flow2seg-train --config config/train_synthetic.yaml` or pass '

@@ -124,6 +124,7 @@ def test_scene_frames_pan_and_message_round_trips():
     (['--sizes', '100x50'], 'multiples of 8'),
     (['--sizes', 'big'], 'WxH'),
     (['--weights', '/nonexistent/m.safetensors'], '/nonexistent/m.safetensors'),
+    (['--weights', 'nope'], "'nope' is neither a bundled model"),
     (['--iterations', '0'], '--iterations'),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):

@@ -54,3 +54,56 @@ def test_bundled_model_fused_beats_its_image_head_on_fresh_sequences(held_out):
     # steadier with motion: the fused labels (temporal smoothing along the flow) against the
     # image path's, frame to frame
     assert heads['fused']['tc'] >= heads['image']['tc'] + STEADIER_FLOOR, summary['table']
+
+
+# The second bundled model (19 classes, v2 scenes) on fresh v2 sequences of an unused seed
+# (training used 2101-2116, the README's held-out figures 9101, 7701 and 4243). Its card: fused
+# 53.9 / 60.4 / 57.4 % mIoU and TC 9.1 to 9.9 points over its image head with the default
+# smoothing; persons 47.8-51.0 %. This seed (4 sequences x 8 frames) gave 50.6 % fused and 48.6
+# for the image head, TC 69.7 against 58.8, persons 47.2: the floors leave 10.6 mIoU, 5.9 TC and
+# 17 person points of margin. Motion adds 0.5 to 1.2 mIoU over the image head on the held-out
+# splits (README), so the floor on it only says that motion costs nothing.
+V2 = 'flow2seg_lite_synthetic_v2'
+V2_FUSED_MIOU_FLOOR = 0.40
+V2_STEADIER_FLOOR = 0.05
+V2_PERSON_FLOOR = 0.30
+V2_SEED = 31338
+
+
+@pytest.fixture(scope='module')
+def held_out_v2(tmp_path_factory):
+    root = tmp_path_factory.mktemp('held_out_v2')
+    generate(root, sequences=4, frames=8, size=(512, 256), seed=V2_SEED, split='test',
+             progress=False, scenes='v2')
+    return root
+
+
+def test_second_bundled_model_card_says_how_it_was_made_and_what_it_is_for():
+    card = json.loads(card_path(bundled_model_path(V2)).read_text())
+    assert card['preset'] == 'lite' and len(card['classes']['names']) == 19
+    assert card['flow']['method'] == 'dis' and card['flow']['cuda']['method'] == 'learned'
+    stages = card['training']['stages']
+    assert sum(s['steps'] for s in stages) == card['training']['total_steps'] == 21000
+    assert all(s['command'].startswith('flow2seg-train ') for s in stages)
+    assert card['training']['scenes'] == 'v2' and 'train8' in card['training']['data']
+    for split in ('val', 'test', 'fresh'):  # mIoU, TC and per-class IoU of the three heads
+        figures = card['metrics']['dis_fast'][split]
+        assert set(figures['heads']) >= {'fused', 'image head', 'image-only'}
+        assert figures['heads']['fused']['tc'] > figures['heads']['image-only']['tc']
+        assert len(figures['per_class_iou_fused']) == 19
+    assert 'synthetic' in card['intended_use'] and 'real data' in card['intended_use']
+    assert bundled_model_path(V2).stat().st_size <= 20 * 1024 * 1024
+
+
+def test_second_bundled_model_on_fresh_v2_sequences(held_out_v2):
+    """All 19 classes, people found, and steadier labels than its image path alone."""
+    pipeline = FramePipeline(PipelineConfig(device='cpu', weights=V2))
+    assert pipeline.classes.num_classes == 19
+    dataset = find_sequences(held_out_v2, 'test', pipeline.classes)
+    summary = evaluate_sequences(pipeline, dataset, fps=17.0, progress=False)
+    heads = summary['heads']
+    fused, image = heads['fused'], heads['image']
+    assert fused['miou'] >= V2_FUSED_MIOU_FLOOR, summary['table']
+    assert fused['miou'] >= image['miou'], summary['table']
+    assert fused['tc'] >= image['tc'] + V2_STEADIER_FLOOR, summary['table']
+    assert fused['per_class_iou']['person'] >= V2_PERSON_FLOOR, summary['table']

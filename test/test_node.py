@@ -323,6 +323,7 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
     ({'network_image_width': 64}, 'set both or neither'),
     ({'flow_method': 'magic'}, "flow_method='magic'"),
     ({'model_path': '/nonexistent/model.safetensors'}, 'no such file'),
+    ({'model_path': 'flow2seg_lite_synthetic_v9'}, 'neither a bundled model'),
 ])
 def test_invalid_parameters_refuse_start(context, tiny_model, params, match):
     model, card = tiny_model

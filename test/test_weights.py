@@ -1,5 +1,6 @@
 """save_model / load_model: bit-exact round trip, refusal of pickles, clear errors."""
 import json
+from pathlib import Path
 import pickle
 import shutil
 
@@ -9,6 +10,7 @@ import torch
 from flow2seg_ros import weights
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.models import build_model
+from flow2seg_ros.node_params import validate_parameters
 from flow2seg_ros.weights import (
     bundled_model_path, card_path, load_model, make_card, save_model, WeightsError)
 
@@ -181,3 +183,28 @@ def test_save_model_validates(tmp_path, _saved_once):
     written = save_model(model, tmp_path / 'sub' / 'm.safetensors', {'classes': CLASSES.to_dict()})
     assert written['preset'] == 'lite' and written['format'] == weights.CARD_FORMAT
     assert load_model(tmp_path / 'sub' / 'm.safetensors')[1] == written
+
+
+def test_model_paths_name_bundled_models_or_files(tmp_path):
+    """``model_path`` / ``--weights``: '' is the default, a bare name a bundled model, anything
+    with a slash or a .safetensors ending a file; an unknown name lists the bundled ones."""
+    assert weights.resolve_model_path('') == weights.resolve_model_path(None) == \
+        bundled_model_path()
+    v2 = weights.resolve_model_path('flow2seg_lite_synthetic_v2')
+    assert v2 == bundled_model_path('flow2seg_lite_synthetic_v2') and v2.is_file()
+    assert weights.resolve_model_path('m.safetensors') == Path('m.safetensors')
+    assert weights.resolve_model_path(str(tmp_path / 'x')) == tmp_path / 'x'
+    listed = r'\(flow2seg_lite_synthetic, flow2seg_lite_synthetic_v2'
+    with pytest.raises(WeightsError, match="'v2' is neither a bundled model " + listed):
+        weights.resolve_model_path('v2')
+    with pytest.raises(WeightsError, match='neither a bundled model'):
+        load_model('v2')
+    assert validate_parameters({'model_path': 'flow2seg_lite_synthetic_v2'}) == []
+    assert 'neither a bundled model' in validate_parameters({'model_path': 'v2'})[0]
+
+
+def test_every_bundled_model_loads_by_name():
+    for name in weights.BUNDLED_MODELS:
+        model, card = load_model(name)
+        assert model.num_classes == len(card['classes']['names'])
+    assert load_model('flow2seg_lite_synthetic_v2')[0].num_classes == 19
