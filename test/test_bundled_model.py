@@ -24,12 +24,24 @@ STEADIER_FLOOR = 0.04
 SEED = 31337
 
 
+def render(tmp_path_factory, seed, scenes):
+    """4 sequences x 8 frames of a generator seed, as a 'test' split."""
+    root = tmp_path_factory.mktemp(f'held_out_{scenes}')
+    generate(root, sequences=4, frames=8, size=(512, 256), seed=seed, split='test',
+             progress=False, scenes=scenes)
+    return root
+
+
+def score(root, weights=None):
+    """The node's pipeline (defaults) over a rendered split: evaluate_sequences' summary."""
+    pipeline = FramePipeline(PipelineConfig(device='cpu', weights=weights))
+    dataset = find_sequences(root, 'test', pipeline.classes)
+    return evaluate_sequences(pipeline, dataset, fps=17.0, progress=False)
+
+
 @pytest.fixture(scope='module')
 def held_out(tmp_path_factory):
-    root = tmp_path_factory.mktemp('held_out')
-    generate(root, sequences=4, frames=8, size=(512, 256), seed=SEED, split='test',
-             progress=False)
-    return root
+    return render(tmp_path_factory, SEED, 'v1')
 
 
 def test_bundled_model_card_says_how_it_was_made():
@@ -44,9 +56,7 @@ def test_bundled_model_card_says_how_it_was_made():
 
 def test_bundled_model_fused_beats_its_image_head_on_fresh_sequences(held_out):
     """More accurate and steadier than the image path alone, with the node's defaults."""
-    pipeline = FramePipeline(PipelineConfig(device='cpu'))
-    dataset = find_sequences(held_out, 'test', pipeline.classes)
-    summary = evaluate_sequences(pipeline, dataset, fps=17.0, progress=False)
+    summary = score(held_out)
     heads = summary['heads']
     fused, image = heads['fused']['miou'], heads['image']['miou']
     assert fused >= FUSED_MIOU_FLOOR, summary['table']
@@ -72,10 +82,7 @@ V2_SEED = 31338
 
 @pytest.fixture(scope='module')
 def held_out_v2(tmp_path_factory):
-    root = tmp_path_factory.mktemp('held_out_v2')
-    generate(root, sequences=4, frames=8, size=(512, 256), seed=V2_SEED, split='test',
-             progress=False, scenes='v2')
-    return root
+    return render(tmp_path_factory, V2_SEED, 'v2')
 
 
 def test_second_bundled_model_card_says_how_it_was_made_and_what_it_is_for():
@@ -97,11 +104,9 @@ def test_second_bundled_model_card_says_how_it_was_made_and_what_it_is_for():
 
 def test_second_bundled_model_on_fresh_v2_sequences(held_out_v2):
     """All 19 classes, people found, and steadier labels than its image path alone."""
-    pipeline = FramePipeline(PipelineConfig(device='cpu', weights=V2))
-    assert pipeline.classes.num_classes == 19
-    dataset = find_sequences(held_out_v2, 'test', pipeline.classes)
-    summary = evaluate_sequences(pipeline, dataset, fps=17.0, progress=False)
+    summary = score(held_out_v2, V2)
     heads = summary['heads']
+    assert len(heads['fused']['per_class_iou']) == 19
     fused, image = heads['fused'], heads['image']
     assert fused['miou'] >= V2_FUSED_MIOU_FLOOR, summary['table']
     assert fused['miou'] >= image['miou'], summary['table']
