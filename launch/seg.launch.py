@@ -4,6 +4,10 @@ One camera::
 
     ros2 launch flow2seg_ros seg.launch.py image_topic:=/camera/image_raw device:=cuda
 
+The second bundled model (all 19 Cityscapes classes) or a model file of your own::
+
+    ros2 launch flow2seg_ros seg.launch.py model_path:=flow2seg_lite_synthetic_v2
+
 The node's outputs are ``<namespace>/flow2seg_node/labels`` (mono8 class ids,
 255 = ignore), ``.../color_mask``, ``.../overlay`` and the latched ``.../label_info``.
 
@@ -69,6 +73,9 @@ def _node(context, *args, **kwargs):
     }
     if cameras:
         overrides['cameras'] = cameras
+    model = LaunchConfiguration('model_path').perform(context)
+    if model:  # else the parameter file's
+        overrides['model_path'] = model
     common = dict(
         package='flow2seg_ros',
         name='flow2seg_node',
@@ -118,6 +125,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             'device', default_value='auto',
             description='Inference device: auto, cpu, cuda or cuda:N.'),
+        DeclareLaunchArgument(
+            'model_path', default_value='',
+            description="A .safetensors model file or a bundled model's name "
+                        "(flow2seg_lite_synthetic_v2: 19 classes); empty = params_file's."),
     ]
     actions.extend(SetEnvironmentVariable(name, value)
                    for name, value in _profile_variables(profile).items())

@@ -47,7 +47,7 @@ def _kw(call, key):
 
 
 ARGUMENTS = {'image_topic', 'cameras', 'camera_topics', 'managed', 'params_file', 'namespace',
-             'use_sim_time', 'device'}
+             'use_sim_time', 'device', 'model_path'}
 
 
 def test_launch_file_static():
