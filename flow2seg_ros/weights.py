@@ -244,13 +244,12 @@ def load_model(path: Optional[PathLike] = None, *,
         WeightsError: missing file, pickle or non-safetensors file, missing/invalid card, or a
             card that does not match the tensors. The message names the file.
     """
-    bundled = path is None or str(path) in BUNDLED_MODELS
+    bundled = not path or str(path) in BUNDLED_MODELS
     path = resolve_model_path(path)
-    if bundled:
-        if not path.is_file():
-            raise WeightsError(f'the bundled model is missing: {path}; train it with '
-                               '`flow2seg-train --config config/train_synthetic.yaml` or pass '
-                               'the path of a model')
+    if bundled and not path.is_file():
+        raise WeightsError(f'the bundled model is missing: {path}; train it with `flow2seg-train '
+                           '--config config/train_synthetic.yaml` (the 19-class model: '
+                           'train_synthetic_v2.yaml) or pass the path of a model')
     state, card, cpath = read_with_card(path)
     classes = _validate_card(card, cpath)
     try:
