@@ -7,7 +7,7 @@ sampled at ``(x + dx, y + dy)`` (:func:`warp_to_current`).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -36,21 +36,41 @@ class Flow2SegLoss(nn.Module):
       motion map, but at half weight it does not dominate the two full-weight terms that train
       the image path and the fusion.
 
+    Optionally, pixels of independently moving objects count more in some heads' cross-entropy
+    (``moving_weight``, ``moving_heads``; the generator's ``_moving.png`` masks): there a pixel
+    weighs ``1 + moving_weight``, elsewhere 1, and the head's loss is the weighted mean,
+    ``sum_x w(x) CE(x) / sum_x w(x)`` over the pixels that count. Motion is what the flow path
+    sees and the image path does not, so weighting its loss there asks it to spend its capacity
+    on what moves on its own rather than on the static scene, which the image path labels well.
+
     Args:
         alpha: weight of the flow path's loss.
         beta: weight of the auxiliary (layer3) head's loss.
         ignore_index: target value of pixels that do not count.
+        moving_weight: extra weight of a moving pixel in ``moving_heads``; 0 = plain means.
+        moving_heads: the heads weighted so (of ``image``, ``fused``, ``flow``, ``aux``).
     """
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.4, ignore_index: int = 255) -> None:
+    HEADS = ('image', 'fused', 'flow', 'aux')
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.4, ignore_index: int = 255, *,
+                 moving_weight: float = 0.0, moving_heads: Sequence[str] = ('flow',)) -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f'alpha and beta must be non-negative, got {alpha} and {beta}')
+        if moving_weight < 0:
+            raise ValueError(f'moving_weight must be non-negative, got {moving_weight}')
+        unknown = sorted(set(moving_heads) - set(self.HEADS))
+        if unknown:
+            raise ValueError(f'moving_heads {unknown} unknown; heads are {list(self.HEADS)}')
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.ignore_index = int(ignore_index)
+        self.moving_weight = float(moving_weight)
+        self.moving_heads = tuple(moving_heads)
 
-    def _ce(self, logits: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor, name: str,
+            weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         if logits.dim() != 4 or logits.shape[0] != target.shape[0] \
                 or logits.shape[-2:] != target.shape[-2:]:
             raise ValueError(f'{name} logits {tuple(logits.shape)} should be (N, C, H, W) '
@@ -58,16 +78,23 @@ class Flow2SegLoss(nn.Module):
         if not (target != self.ignore_index).any():
             # Every pixel ignored: cross-entropy's mean would be 0/0; contribute zero.
             return logits.sum() * 0.0
-        return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        if weight is None:
+            return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction='none')
+        weight = weight * (target != self.ignore_index).to(weight.dtype)
+        return (ce * weight).sum() / weight.sum()
 
-    def forward(self, outputs: Mapping[str, torch.Tensor],
-                target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, outputs: Mapping[str, torch.Tensor], target: torch.Tensor,
+                moving: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
 
         Args:
             outputs: the model's dict: ``fused`` (required), ``image``, ``flow``, ``aux``, each
                 (N, C, H, W) logits.
             target: (N, H, W) integer train ids, ``ignore_index`` for pixels that do not count.
+            moving: (N, H, W) bool, pixels of independently moving objects; needed when
+                ``moving_weight > 0``.
 
         Returns:
             ``(total, parts)``: the scalar loss to back-propagate, and the unweighted loss of
@@ -80,6 +107,13 @@ class Flow2SegLoss(nn.Module):
         if target.is_floating_point() or target.dtype == torch.bool:
             raise ValueError(f'target should hold integer class ids, got {target.dtype}')
         target = target.long()
+        pixel_weight = None
+        if self.moving_weight > 0:
+            if moving is None or moving.shape != target.shape:
+                got = None if moving is None else tuple(moving.shape)
+                raise ValueError(f"moving_weight > 0 needs a moving mask of the target's shape "
+                                 f'{tuple(target.shape)}, got {got}')
+            pixel_weight = 1.0 + self.moving_weight * moving.float()
         weights = {'image': 1.0, 'fused': 1.0, 'flow': self.alpha, 'aux': self.beta}
         if outputs.get('image') is outputs['fused']:
             # No fusion happened: fused is the image logits (count them once).
@@ -89,7 +123,8 @@ class Flow2SegLoss(nn.Module):
         for name, weight in weights.items():
             if name not in outputs:
                 continue
-            loss = self._ce(outputs[name], target, name)
+            loss = self._ce(outputs[name], target, name,
+                            pixel_weight if name in self.moving_heads else None)
             parts[name] = loss.detach()
             total = weight * loss if total is None else total + weight * loss
         return total, parts

@@ -10,7 +10,7 @@ import pytest
 from flow2seg_ros.data import synth
 from flow2seg_ros.data.cityscapes import DatasetError
 from flow2seg_ros.data.flow_pairs import FlowPairs
-from flow2seg_ros.data.flowio import FlowFileError, read_flow_png, write_flow_png
+from flow2seg_ros.data.flowio import FlowFileError, read_flow_png, read_moving_png, write_flow_png
 
 
 def test_kitti_png_round_trip_and_channel_order(tmp_path: Path) -> None:
@@ -114,3 +114,21 @@ def test_flow_pairs_errors_name_the_path(pairs_root: Path, tmp_path: Path) -> No
     pairs = FlowPairs(root, 'flowtest')
     with pytest.raises(FlowFileError, match=f'{re.escape(str(bad))}: expected 64x32'):
         pairs[1]
+    # So is a moving-object mask of the wrong size or with colour channels.
+    write_flow_png(bad, np.zeros((2, 32, 64), np.float32), np.ones((32, 64), bool))
+    mask = root / 'flow/flowtest/synth3/synth3_000000_000002_moving.png'
+    cv2.imwrite(str(mask), np.zeros((16, 32), np.uint8))
+    with pytest.raises(DatasetError, match=f'{re.escape(str(mask))}: expected 64x32'):
+        pairs[1]
+    cv2.imwrite(str(mask), np.zeros((32, 64, 3), np.uint8))
+    with pytest.raises(DatasetError, match=f'{re.escape(str(mask))} must be a single-channel'):
+        pairs[1]
+
+
+def test_moving_masks_read_as_bool(tmp_path: Path) -> None:
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1:3, 2:5] = 1
+    cv2.imwrite(str(tmp_path / 'a_moving.png'), mask)
+    np.testing.assert_array_equal(read_moving_png(tmp_path / 'a_moving.png', (6, 4)), mask > 0)
+    with pytest.raises(FlowFileError, match='moving-object mask not found: .*b_moving.png'):
+        read_moving_png(tmp_path / 'b_moving.png')

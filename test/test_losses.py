@@ -101,6 +101,45 @@ def test_bad_inputs_are_refused():
 
 # ---- temporal consistency (ETC) ----
 
+def test_moving_pixels_weigh_more_in_the_named_heads_by_hand():
+    # One image, 1 x 3 pixels, 2 classes: logits (0, 0) everywhere in the flow head, so every
+    # pixel's cross-entropy is log 2, except pixel 2, whose logits (2, 0) against class 1 give
+    # log(1 + e^2). Pixel 1 is ignored; pixels 0 and 2 move.
+    logits = torch.zeros(1, 2, 1, 3)
+    logits[0, 0, 0, 2] = 2.0
+    target = torch.tensor([[[1, IGNORE, 1]]])
+    moving = torch.tensor([[[True, True, True]]])
+    moving[0, 0, 0] = False
+    heads = {'fused': logits.clone(), 'flow': logits.clone().requires_grad_()}
+    loss = Flow2SegLoss(alpha=1.0, moving_weight=3.0, moving_heads=('flow',))
+    total, parts = loss(heads, target, moving)
+    # Pixel 0 weighs 1, pixel 2 weighs 1 + 3 = 4; the ignored pixel weighs nothing.
+    ce0, ce2 = math.log(2.0), math.log(1.0 + math.exp(2.0))
+    assert parts['flow'].item() == pytest.approx((1 * ce0 + 4 * ce2) / (1 + 4), rel=1e-6)
+    # The fused head is not named: its plain mean.
+    assert parts['fused'].item() == pytest.approx((ce0 + ce2) / 2, rel=1e-6)
+    assert total.item() == pytest.approx(parts['fused'].item() + parts['flow'].item(), rel=1e-6)
+    # Off (weight 0), or nothing moving, is the plain mean.
+    plain = Flow2SegLoss(alpha=1.0)(heads, target)[1]['flow'].item()
+    assert plain == pytest.approx((ce0 + ce2) / 2, rel=1e-6)
+    still = loss(heads, target, torch.zeros_like(moving))[1]['flow'].item()
+    assert still == pytest.approx(plain, rel=1e-6)
+    total.backward()
+    assert heads['flow'].grad[0, :, 0, 1].abs().sum() == 0     # the ignored pixel
+
+
+def test_moving_weight_needs_a_mask_and_known_heads():
+    heads, target = _heads(), _target()
+    with pytest.raises(ValueError, match='moving mask'):
+        Flow2SegLoss(moving_weight=1.0)(heads, target)
+    with pytest.raises(ValueError, match='moving mask'):
+        Flow2SegLoss(moving_weight=1.0)(heads, target, torch.zeros(2, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match='moving_heads'):
+        Flow2SegLoss(moving_heads=('optical',))
+    with pytest.raises(ValueError, match='moving_weight'):
+        Flow2SegLoss(moving_weight=-1.0)
+
+
 def _softmax2(a, b):
     ea, eb = math.exp(a), math.exp(b)
     return ea / (ea + eb), eb / (ea + eb)

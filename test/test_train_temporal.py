@@ -125,6 +125,49 @@ def test_ground_truth_flow_needs_the_flow_files(tmp_path):
         dataset.make_train_set(cfg, cityscapes_classes(), torch.device('cpu'), 1)
 
 
+def test_moving_masks_are_read_and_augmented_with_the_pair(data_root, tmp_path):
+    cfg = config.load_config(_cfg(data_root, tmp_path, tc_flow='ground_truth', loss_moving=2.0,
+                                  loss_moving_heads=['flow', 'fused']))
+    classes = cityscapes_classes()
+    train_set, _ = dataset.make_train_set(cfg, classes, torch.device('cpu'), 1)
+    names = [s[0] for s in train_set.raw_pairs.samples]
+    i = names.index(next(n for n in names if n.endswith('_000003')))
+    raw = train_set.raw_pairs[i]
+    gt = train_set._ground_truth(raw, train_set.raw_pairs.samples[i][1])
+    city = Path(train_set.raw_pairs.samples[i][1]).parent.name
+    on_disk = cv2.imread(str(Path(data_root) / 'flow' / 'train' / city
+                             / f"{raw['name']}_moving.png"), cv2.IMREAD_UNCHANGED) > 0
+    np.testing.assert_array_equal(gt['moving'], on_disk)
+    assert on_disk.any() and not on_disk.all()
+    torch.manual_seed(11)
+    _, g = train_set._augment([raw, gt], [train_set.pairs.transform, train_set.flow_transform])
+    torch.manual_seed(11)
+    sample = train_set[i]
+    np.testing.assert_array_equal(sample['moving'].numpy(), g['moving'])
+    assert sample['moving'].shape == sample['label'].shape
+    # Moving pixels are those of objects: no road or sky among them in the unaugmented frame.
+    labels = raw['label'][on_disk]
+    assert not np.isin(labels, [classes.names.index('road'), classes.names.index('sky')]).any()
+    criterion = training_model.make_criterion(cfg, classes)
+    assert criterion.moving_weight == 2.0 and set(criterion.moving_heads) == {'flow', 'fused'}
+    # A training step passes the batch's masks to the loss.
+    out = train.train_model(['--config', str(_cfg(data_root, tmp_path, tc_flow='ground_truth',
+                                                  loss_moving=2.0, steps=2))])
+    assert len(out['losses']) == 2 and all(np.isfinite(out['losses']))
+
+
+def test_loss_moving_is_validated():
+    assert config.load_config(None).loss_moving == 0.0
+    with pytest.raises(config.ConfigError, match='loss_moving must be >= 0'):
+        config.load_config(None, {'loss_moving': -1})
+    with pytest.raises(config.ConfigError, match='loss_moving_heads'):
+        config.load_config(None, {'loss_moving_heads': ['optical']})
+    with pytest.raises(config.ConfigError, match='tc_flow: ground_truth'):
+        config.load_config(None, {'loss_moving': 1.0, 'loss_tc': 1.0, 'tc_flow': 'estimator'})
+    with pytest.raises(config.ConfigError, match='loss_tc > 0'):
+        config.load_config(None, {'loss_moving': 1.0, 'tc_flow': 'ground_truth'})
+
+
 @pytest.mark.parametrize('use_flow', [True, False])
 def test_the_term_joins_the_loss_of_a_step(data_root, tmp_path, use_flow):
     cfg = config.load_config(_cfg(data_root, tmp_path, use_flow=use_flow, hflip=False,

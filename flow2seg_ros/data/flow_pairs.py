@@ -35,10 +35,9 @@ from pathlib import Path
 import re
 from typing import Any, Iterator, Optional
 
-import cv2
-
 from flow2seg_ros.data.cityscapes import DatasetError, read_label, read_rgb
-from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, read_flow_png
+from flow2seg_ros.data.flowio import (FLOW_SUFFIX, FlowFileError, MOVING_SUFFIX,
+                                      read_flow_png, read_moving_png)
 
 __all__ = ['FlowPair', 'FlowPairs']
 
@@ -114,13 +113,12 @@ class FlowPairs:
             raise DatasetError(f'{pair.prev} is {prev.shape[1]}x{prev.shape[0]} but {pair.cur} '
                                f'is {width}x{height}')
         flow, valid = read_flow_png(pair.flow, expected_size=(width, height))
-        moving = cv2.imread(str(pair.moving), cv2.IMREAD_UNCHANGED)
-        if moving is None or moving.ndim != 2 or moving.shape != (height, width):
-            got = 'unreadable' if moving is None else f'shape {moving.shape}'
-            raise DatasetError(f'moving-object mask {pair.moving} must be a {width}x{height} '
-                               f'single-channel PNG, got {got}')
+        try:
+            moving = read_moving_png(pair.moving, expected_size=(width, height))
+        except FlowFileError as e:
+            raise DatasetError(str(e)) from None
         sample = {'name': pair.name, 'prev': prev, 'cur': cur, 'flow': flow, 'valid': valid,
-                  'moving': moving > 0}
+                  'moving': moving}
         if pair.label is not None:
             labels = read_label(pair.label)
             if labels.shape != (height, width):

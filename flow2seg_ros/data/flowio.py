@@ -15,7 +15,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-__all__ = ['FLOW_SUFFIX', 'FlowFileError', 'MOVING_SUFFIX', 'read_flow_png', 'write_flow_png']
+__all__ = ['FLOW_SUFFIX', 'FlowFileError', 'MOVING_SUFFIX', 'read_flow_png', 'read_moving_png',
+           'write_flow_png']
 
 #: File name endings beside a frame's stem in ``<root>/flow/<split>/<city>/``: its flow to the
 #: previous frame and its mask of independently moving pixels (8-bit 0/1).
@@ -85,3 +86,32 @@ def read_flow_png(path: str | Path, expected_size: Optional[tuple[int, int]] = N
     flow[0] = (img[..., 2].astype(np.float32) - _OFFSET) / _SCALE
     flow[1] = (img[..., 1].astype(np.float32) - _OFFSET) / _SCALE
     return flow, img[..., 0] > 0
+
+
+def read_moving_png(path: str | Path, expected_size: Optional[tuple[int, int]] = None
+                    ) -> np.ndarray:
+    """Read a mask of independently moving pixels (8-bit single-channel PNG, nonzero = moving).
+
+    Args:
+        path: the mask file (``<stem>_moving.png``).
+        expected_size: (width, height) it must have; None accepts any size.
+
+    Returns:
+        (H, W) bool.
+
+    Raises:
+        FlowFileError: the file is missing, unreadable, not single-channel or not of the
+            expected size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FlowFileError(f'moving-object mask not found: {path}')
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None or mask.ndim != 2:
+        got = 'unreadable' if mask is None else f'{mask.shape[2]} channels'
+        raise FlowFileError(f'moving-object mask {path} must be a single-channel PNG, got {got}')
+    height, width = mask.shape
+    if expected_size is not None and (width, height) != tuple(expected_size):
+        raise FlowFileError(f'moving-object mask {path}: expected {expected_size[0]}x'
+                            f'{expected_size[1]} (WxH), got {width}x{height}')
+    return mask > 0

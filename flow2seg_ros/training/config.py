@@ -71,6 +71,11 @@ class TrainConfig:
     # the term's flow: 'ground_truth' (the generator's flow files and their validity, needs
     # <data_root>/flow/) or 'estimator' (flow_method's flow, forward-backward checked)
     tc_flow: str = 'estimator'
+    # extra cross-entropy weight of independently moving pixels (the generator's _moving.png
+    # masks) in the heads loss_moving_heads names: 1 + loss_moving there, 1 elsewhere; 0 = off.
+    # Needs loss_tc > 0 with tc_flow 'ground_truth' (the samples that read the generator's files)
+    loss_moving: float = 0.0
+    loss_moving_heads: list = field(default_factory=lambda: ['flow'])
     # optimisation
     optimizer: str = 'sgd'  # sgd | adamw
     lr: float = 0.01
@@ -161,6 +166,16 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise bad('loss_tc', 'must be >= 0')
     if cfg.tc_flow not in ('estimator', 'ground_truth'):
         raise bad('tc_flow', "must be 'estimator' or 'ground_truth'")
+    if cfg.loss_moving < 0:
+        raise bad('loss_moving', 'must be >= 0')
+    heads = ('image', 'fused', 'flow', 'aux')
+    if not isinstance(cfg.loss_moving_heads, list) or not cfg.loss_moving_heads \
+            or any(h not in heads for h in cfg.loss_moving_heads):
+        raise bad('loss_moving_heads', f'must be a non-empty list of {list(heads)}')
+    if cfg.loss_moving > 0 and (cfg.loss_tc <= 0 or cfg.tc_flow != 'ground_truth'):
+        raise ConfigError(f"{source}: loss_moving > 0 reads the generator's moving-object masks, "
+                          'which only the temporal samples do: it needs loss_tc > 0 and tc_flow: '
+                          'ground_truth')
     if cfg.freeze_image_path and not cfg.use_flow:
         raise ConfigError(f'{source}: freeze_image_path needs use_flow: true (an image-only model '
                           'with a frozen image path has nothing to train)')

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.data.cityscapes import DatasetError, PairTransform, read_rgb, SequencePairDataset
-from flow2seg_ros.data.flowio import FLOW_SUFFIX, read_flow_png
+from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, read_flow_png, read_moving_png
 from flow2seg_ros.flow import make_flow_estimator, scale_flow
 from flow2seg_ros.flow.augment import FlowPairTransform
 from flow2seg_ros.losses import flow_consistency_mask
@@ -173,7 +173,9 @@ class TemporalPairDataset(FlowPairDataset):
     it, which is read and augmented exactly like the pair (the augmentation's random draws are
     replayed). Where no frame before the previous one exists, ``prev_flow`` is zero and
     ``tc_mask`` is all False, so the sample adds nothing to the term. The term's flow is computed
-    here also for an image-only model, and never cached.
+    here also for an image-only model, and never cached. With ``cfg.loss_moving > 0`` (which
+    needs the ground truth) the sample also carries ``moving`` (H, W) bool, the generator's mask
+    of independently moving pixels (``<name>_moving.png``), augmented with the flow.
 
     Args:
         pairs: the (augmenting) pair dataset.
@@ -206,8 +208,11 @@ class TemporalPairDataset(FlowPairDataset):
                 / f"{raw['name']}{FLOW_SUFFIX}")
         h, w = raw['image'].shape[:2]
         flow, valid = read_flow_png(path, expected_size=(w, h))
+        moving = (read_moving_png(path.with_name(f"{raw['name']}{MOVING_SUFFIX}"),
+                                  expected_size=(w, h))
+                  if self.cfg.loss_moving > 0 else np.zeros_like(valid))
         return {'prev': raw['prev'], 'cur': raw['image'], 'flow': flow, 'valid': valid,
-                'moving': np.zeros_like(valid)}
+                'moving': moving}
 
     def _augment(self, samples: Sequence[dict[str, Any]],
                  transforms: Optional[Sequence[Any]] = None) -> list[dict[str, Any]]:
@@ -258,6 +263,8 @@ class TemporalPairDataset(FlowPairDataset):
             'prev_image': normalize_image(prev, self.cfg.mean, self.cfg.std),
             'tc_flow': fwd, 'tc_mask': mask,
         }
+        if self.cfg.loss_moving > 0:
+            out['moving'] = torch.from_numpy(np.ascontiguousarray(gt['moving']))
         if self.cfg.use_flow:
             estimate = self.estimator()
             net = estimate(prev, image).cpu().float() if ground_truth else fwd

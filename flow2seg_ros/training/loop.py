@@ -97,7 +97,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module,
         flow = batch_flow(batch, estimator, cfg, device) if cfg.use_flow else None
         with torch.autocast(device.type, enabled=scaler is not None):
             outputs = model(image, flow)
-            loss, _parts = criterion(outputs, target)
+            moving = batch.get('moving')
+            loss, _parts = criterion(
+                outputs, target, None if moving is None else moving.to(device, non_blocking=True))
             if tc_loss is not None:
                 tc = _temporal_term(model, tc_loss, outputs, batch, device, cfg)
                 tc_recent = (tc_recent + [float(tc.detach())])[-max(1, cfg.log_every):]

@@ -139,7 +139,8 @@ def make_scheduler(cfg: TrainConfig,
 
 
 def make_criterion(cfg: TrainConfig, classes: ClassSet) -> Flow2SegLoss:
-    """Flow2SegLoss with the config's ``loss_alpha``/``loss_beta`` (None = its defaults).
+    """Flow2SegLoss with the config's ``loss_alpha``/``loss_beta`` (None = its defaults) and
+    ``loss_moving``/``loss_moving_heads``.
 
     Args:
         cfg: the training config.
@@ -147,4 +148,5 @@ def make_criterion(cfg: TrainConfig, classes: ClassSet) -> Flow2SegLoss:
     """
     kwargs = {k: v for k, v in (('alpha', cfg.loss_alpha), ('beta', cfg.loss_beta))
               if v is not None}
-    return Flow2SegLoss(ignore_index=classes.ignore_index, **kwargs)
+    return Flow2SegLoss(ignore_index=classes.ignore_index, moving_weight=cfg.loss_moving,
+                        moving_heads=tuple(cfg.loss_moving_heads), **kwargs)
