@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from flow2seg_ros.classes import cityscapes_classes, ClassSet, load_class_set
+from flow2seg_ros.losses import Flow2SegLoss
 from flow2seg_ros.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['ConfigError', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TrainConfig', 'geometric_free',
@@ -168,7 +169,7 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         raise bad('tc_flow', "must be 'estimator' or 'ground_truth'")
     if cfg.loss_moving < 0:
         raise bad('loss_moving', 'must be >= 0')
-    heads = ('image', 'fused', 'flow', 'aux')
+    heads = Flow2SegLoss.HEADS
     if not isinstance(cfg.loss_moving_heads, list) or not cfg.loss_moving_heads \
             or any(h not in heads for h in cfg.loss_moving_heads):
         raise bad('loss_moving_heads', f'must be a non-empty list of {list(heads)}')
