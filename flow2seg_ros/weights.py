@@ -16,6 +16,7 @@ from torch import nn
 
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.devices import resolve_device
+from flow2seg_ros.flow.mixed import parse_mix
 from flow2seg_ros.models import build_model
 from flow2seg_ros.tensorfile import (
     card_path, read_safetensors, read_with_card, WeightsError, write_with_card)
@@ -270,8 +271,17 @@ def card_flow(card: dict[str, Any], device: torch.device) -> tuple[str, str]:
     A card's ``flow`` gives the method the model runs with; a model trained on several flows may
     name another for GPUs under ``flow.cuda`` (the bundled model: DIS fast on the CPU, the
     learned flow, which runs on the device, on CUDA).
+
+    A card written by training on a mix (``method: mixed``, ``preset: "dis/fast+learned/..."``)
+    names one flow per device from its parts, never the random mix itself: on CUDA the first
+    learned part, elsewhere the first part that is not learned (the first part when none fits).
     """
     flow = card.get('flow', {})
     if device.type == 'cuda' and isinstance(flow.get('cuda'), dict):
         flow = flow['cuda']
-    return str(flow.get('method', 'dis')), str(flow.get('preset', 'ultrafast'))
+    method, preset = str(flow.get('method', 'dis')), str(flow.get('preset', 'ultrafast'))
+    if method != 'mixed':
+        return method, preset
+    parts = parse_mix(preset)
+    fits = [p for p in parts if (p[0] == 'learned') == (device.type == 'cuda')]
+    return (fits or parts)[0]

@@ -9,7 +9,7 @@ from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.flow import DISFlow
 from flow2seg_ros.models import build_model
 from flow2seg_ros.pipeline import card_flow, FramePipeline, PipelineConfig
-from flow2seg_ros.weights import bundled_model_path, card_path
+from flow2seg_ros.weights import bundled_model_path, card_path, load_model, save_model
 
 CLASSES = ClassSet(('ground', 'thing', 'sky'), ((10, 10, 10), (200, 0, 0), (0, 0, 255)))
 NET = (64, 96)  # network input (H, W)
@@ -215,3 +215,21 @@ def test_the_card_names_the_flow_per_device():
     bundled = json.loads(card_path(bundled_model_path()).read_text())
     assert card_flow(bundled, torch.device('cpu')) == ('dis', 'fast')
     assert card_flow(bundled, torch.device('cuda'))[0] == 'learned'
+    # a model trained on a mix runs one of its parts, the same one every frame
+    mixed = {'flow': {'method': 'mixed', 'preset': 'dis/fast+learned/flowlite_synthetic',
+                      'scale': 32.0}}
+    assert card_flow(mixed, torch.device('cpu')) == ('dis', 'fast')
+    assert card_flow(mixed, torch.device('cuda')) == ('learned', 'flowlite_synthetic')
+    only_dis = {'flow': {'method': 'mixed', 'preset': 'dis/medium+farneback'}}
+    assert card_flow(only_dis, torch.device('cuda')) == ('dis', 'medium')
+
+
+def test_a_model_trained_on_a_mix_runs_one_flow(tmp_path):
+    # the card training writes for flow_method mixed: the pipeline picks DIS, not the mix
+    model, card = load_model()
+    card = dict(card, flow={'method': 'mixed', 'preset': 'dis/ultrafast+farneback',
+                            'scale': card['flow']['scale']})
+    path = tmp_path / 'mixed.safetensors'
+    save_model(model, path, card)
+    pipe = FramePipeline(PipelineConfig(weights=str(path), device='cpu', backend='torch'))
+    assert pipe.flow_estimator.name.startswith('dis')

@@ -3,7 +3,8 @@
 For training one model on several flows (``flow_method: mixed``), e.g. DIS medium (the CPU's
 flow) and the learned network (the GPU's), so that the model works with either at inference:
 each training sample gets the flow of one of them. Draws use torch's global random generator,
-which the DataLoader seeds per worker, so a seeded run repeats. Not meant for inference.
+which the DataLoader seeds per worker, so a seeded run repeats. Not meant for inference: a model
+card that names a mix runs one of its parts (:func:`flow2seg_ros.weights.card_flow`).
 """
 from __future__ import annotations
 
