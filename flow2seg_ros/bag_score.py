@@ -317,13 +317,11 @@ def _montage_rows(total: int, rows: int) -> set[int]:
 
 def _setup(pipeline: Any) -> dict[str, Any]:
     card = pipeline.card
-    flow = card.get('flow', {})
     cfg = pipeline.config
     return {'weights': cfg.weights or 'bundled', 'preset': card.get('preset'),
             'device': str(pipeline.device), 'precision': cfg.precision,
             'input_size': list(pipeline.input_size),
-            'flow': {'method': cfg.flow_method or flow.get('method'),
-                     'preset': cfg.flow_preset or flow.get('preset'),
+            'flow': {'method': pipeline.flow_method, 'preset': pipeline.flow_preset,
                      'scale': pipeline.flow_scale},
             'max_gap_s': cfg.max_gap_s, 'torch_threads': torch.get_num_threads()}
 

@@ -257,8 +257,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     summary['setup'] = {
         'data': str(root), 'split': args.split, 'weights': args.weights or 'bundled',
         'preset': card.get('preset'), 'input_size': list(pipeline.input_size),
-        'flow': {'method': args.flow_method or card.get('flow', {}).get('method'),
-                 'preset': args.flow_preset or card.get('flow', {}).get('preset'),
+        'flow': {'method': pipeline.flow_method, 'preset': pipeline.flow_preset,
                  'scale': pipeline.flow_scale},
         'device': str(pipeline.device), 'backend': pipeline.backend, 'fps': fps,
         'label_head': args.label_head, 'temporal_smoothing': pipeline.temporal.weight,

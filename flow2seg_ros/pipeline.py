@@ -259,12 +259,16 @@ class FramePipeline:
         flow_card = card.get('flow', {})
         self.flow_scale = float(flow_card.get('scale', 1.0))
         self.has_flow_path = bool(getattr(self.model, 'has_flow', True))
+        #: the flow method and preset this pipeline runs (None with a given estimator)
+        self.flow_method: Optional[str] = None
+        self.flow_preset: Optional[str] = None
         if flow_estimator is None and self.has_flow_path:
             card_method, card_preset = card_flow(card, self.device)
             method = config.flow_method or card_method
             preset = config.flow_preset or (card_preset if method == card_method else '')
             flow_estimator = make_flow_estimator(method, preset, device=str(self.device),
                                                  weights=config.flow_weights)
+            self.flow_method, self.flow_preset = method, preset
         self.flow_estimator = flow_estimator
         # CPU path (issue 12): the network through a backend, the flow in a second thread
         self.backend = resolve_backend(config.backend, self.device)

@@ -57,6 +57,9 @@ def test_evaluate_matches_cityscapesscripts(tmp_path, trained, capsys):
     assert summary['sequences'] == 2 and summary['frames'] == 6
     assert summary['labelled_frames'] == 6
     assert summary['setup']['temporal_smoothing'] == 0.5  # the default
+    card = json.loads(model.with_suffix('.json').read_text())['flow']
+    # the flow the pipeline ran (the card's, here not a mix)
+    assert summary['setup']['flow']['method'] == card['method']
     heads = summary['heads']
     assert set(heads) == {'fused', 'image', 'flow'}
     # 2 sequences x 2 consecutive pairs; the flow head has no output on first frames

@@ -232,4 +232,5 @@ def test_a_model_trained_on_a_mix_runs_one_flow(tmp_path):
     path = tmp_path / 'mixed.safetensors'
     save_model(model, path, card)
     pipe = FramePipeline(PipelineConfig(weights=str(path), device='cpu', backend='torch'))
-    assert pipe.flow_estimator.name.startswith('dis')
+    assert pipe.flow_estimator.name == 'dis/ultrafast'
+    assert (pipe.flow_method, pipe.flow_preset) == ('dis', 'ultrafast')
