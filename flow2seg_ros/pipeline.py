@@ -13,12 +13,10 @@ public so that several cameras can share one network call:
 * :meth:`FramePipeline.infer` ``(frames, heads=('fused',)) -> list[dict]``: the network, once,
   on a batch of prepared frames of one network size, flow included (each frame's flow comes
   from the flow estimator of the pipeline that prepared it, between that frame and its own
-  predecessor, and is stored in ``frame.flow``). Frames may come from several FramePipeline
-  instances that share one model object: a multi-camera node keeps one FramePipeline per camera
-  (per-camera state) built with the same ``model=`` and calls ``infer`` on any one of them, or
-  :func:`infer_batch`, with the frames of all cameras. Returns, per frame, a dict
-  ``{head: (1, C, h, w) logits}`` for the heads the network made (on the CPU at the network's
-  native strides, :mod:`flow2seg_ros.cpu_path`: ONNX Runtime or torch, flow overlapped).
+  predecessor, and is stored in ``frame.flow``). A multi-camera node keeps one FramePipeline
+  per camera, all built with the same ``model=``, and runs its cameras' frames in one batch
+  (:func:`infer_batch`). Returns, per frame, ``{head: (1, C, h, w) logits}`` for the heads the
+  network made (on the CPU at its native strides: :mod:`flow2seg_ros.cpu_path`).
 * :meth:`FramePipeline.finish` ``(frame, out, *, outputs=..., heads=...) -> FrameResult``:
   temporal smoothing (:mod:`flow2seg_ros.temporal`), argmax, labels (and the pictures asked for)
   at the input's size. Call it on the frame's own pipeline (its stream's smoothing state).
@@ -251,15 +249,13 @@ class FramePipeline:
                              'gives one')
         self.input_size = (int(size[0]), int(size[1]))  # (H, W)
         norm = card.get('normalization', {})
-        mean = norm.get('mean', IMAGENET_MEAN)
-        std = norm.get('std', IMAGENET_STD)
+        mean, std = norm.get('mean', IMAGENET_MEAN), norm.get('std', IMAGENET_STD)
         # Fold /255, mean and std into one multiply-add on the device.
         self._scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
-        flow_card = card.get('flow', {})
-        self.flow_scale = float(flow_card.get('scale', 1.0))
+        self.flow_scale = float(card.get('flow', {}).get('scale', 1.0))
         self.has_flow_path = bool(getattr(self.model, 'has_flow', True))
-        #: the flow method and preset this pipeline runs (None with a given estimator)
+        # the flow method and preset it runs (None with a given estimator)
         self.flow_method: Optional[str] = None
         self.flow_preset: Optional[str] = None
         if flow_estimator is None and self.has_flow_path:
