@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from flow2seg_ros.cpu_path import labels_from_logits
-from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, read_flow_png
+from flow2seg_ros.data.flowio import FLOW_SUFFIX, MOVING_SUFFIX, read_flow_png, read_moving_png
 from flow2seg_ros.evaluate import find_sequences
 from flow2seg_ros.flow import scale_flow
 from flow2seg_ros.metrics import ConfusionMatrix
@@ -94,7 +94,7 @@ def flow_use(data: str, split: str, fused: str, image_only: Optional[str] = None
                     continue
                 target = dataset.read_label(label_path, rgb.shape)
                 flow_file, moving_file = _files(root, split, Path(image_path))
-                moving = (cv2.imread(str(moving_file), cv2.IMREAD_UNCHANGED) > 0
+                moving = (read_moving_png(moving_file, expected_size=target.shape[::-1])
                           if moving_file else np.zeros(target.shape, bool))
                 est = pipe.flow_estimator(frame.prev_small, frame.small)
                 est = est.cpu().float() if torch.is_tensor(est) else torch.from_numpy(est)
