@@ -46,7 +46,8 @@ from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
 from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
 from flow2seg_ros.models import HEADS
-from flow2seg_ros.temporal import check_weight, DEFAULT_WEIGHT, TemporalFilter
+from flow2seg_ros.stats import StageTimer
+from flow2seg_ros.temporal import check_stride, check_weight, DEFAULT_WEIGHT, TemporalFilter
 from flow2seg_ros.visualize import colorize, flow_to_rgb, overlay
 from flow2seg_ros.weights import card_flow, IMAGENET_MEAN, IMAGENET_STD, load_model
 
@@ -90,6 +91,8 @@ class PipelineConfig:
             run (see :class:`~flow2seg_ros.cpu_path.CpuPath`).
         temporal_smoothing: weight in [0, 1) of the previous frame's fused class probabilities,
             carried along the flow, in this frame's (:mod:`flow2seg_ros.temporal`); 0 = off.
+        temporal_smoothing_stride: network pixels per cell of the grid the smoothing runs on;
+            0 = the logits' own grid.
     """
 
     weights: Optional[str] = None
@@ -108,6 +111,7 @@ class PipelineConfig:
     onnx: Optional[str] = None
     overlap_flow: Optional[bool] = None
     temporal_smoothing: float = DEFAULT_WEIGHT
+    temporal_smoothing_stride: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -127,6 +131,7 @@ class PipelineConfig:
         if not self.max_gap_s > 0:
             raise ValueError(f'max frame gap must be > 0 s, got {self.max_gap_s}')
         check_weight(self.temporal_smoothing)
+        check_stride(self.temporal_smoothing_stride)
 
 
 @dataclass
@@ -191,22 +196,6 @@ class PreparedFrame:
     def size(self) -> tuple[int, int]:
         """(H, W) of the frame as received."""
         return (self.rgb.shape[0], self.rgb.shape[1])
-
-
-class _Timer:
-    """Per-stage wall times in ms; synchronises CUDA so GPU stages are timed honestly."""
-
-    def __init__(self, cuda: bool, times: Optional[dict[str, float]] = None) -> None:
-        self.cuda = cuda
-        self.times: dict[str, float] = {} if times is None else times
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.times[stage] = self.times.get(stage, 0.0) + 1000.0 * (now - self._t)
-        self._t = now
 
 
 class FramePipeline:
@@ -284,7 +273,8 @@ class FramePipeline:
         if self.device.type == 'cuda' and config.device_resident:
             self.device_path = DevicePath.for_pipeline(self)
         # per stream, like _prev; a model without a flow path has no flow to carry along
-        self.temporal = TemporalFilter(config.temporal_smoothing if self.has_flow_path else 0.0)
+        self.temporal = TemporalFilter(config.temporal_smoothing if self.has_flow_path else 0.0,
+                                       config.temporal_smoothing_stride, self.input_size)
         self.frames = 0
         self.resets = 0
 
@@ -371,7 +361,7 @@ class FramePipeline:
             if prev is not None:
                 prev = (cv2.cvtColor(prev[0], cv2.COLOR_BGR2RGB), prev[1])
         frame = PreparedFrame(self, rgb, rgb, float(stamp), None)
-        timer = _Timer(self.device.type == 'cuda', frame.timings)
+        timer = StageTimer(self.device.type == 'cuda', frame.timings)
         size = frame.size
         if prev is not None:
             prev_rgb, prev_stamp = prev
@@ -432,7 +422,7 @@ class FramePipeline:
             # device path: image path queued first, flow alongside, graphs, native strides
             return self.device_path.infer(self.model, frames, flow_scale=self.flow_scale)
         for f in frames:
-            timer = _Timer(self.device.type == 'cuda', f.timings)
+            timer = StageTimer(self.device.type == 'cuda', f.timings)
             if f.prev_small is not None:
                 f.flow = f.pipeline.flow_estimator(f.prev_small, f.small)
             timer.lap('flow')
@@ -486,7 +476,7 @@ class FramePipeline:
             heads: heads whose labels go in ``head_labels`` (None for a head not in ``out``).
         """
         outputs, heads = self._check_outputs_heads(outputs, heads)
-        timer = _Timer(self.device.type == 'cuda', frame.timings)
+        timer = StageTimer(self.device.type == 'cuda', frame.timings)
         pipe, f = frame.pipeline, frame  # the stream's smoothing, its device path's graphs
         out = dict(out, fused=pipe.temporal(out['fused'], f.flow, f.stamp, f.prev_stamp,
                                             getattr(pipe.device_path, 'runner', None)))
@@ -547,7 +537,7 @@ class FramePipeline:
 
     def _finish_on_device(self, frame: PreparedFrame, out: dict[str, torch.Tensor],
                           outputs: set[str], heads: tuple[str, ...],
-                          timer: _Timer) -> FrameResult:
+                          timer: StageTimer) -> FrameResult:
         """Device path of :meth:`finish`, one copy back (stages ``argmax``; ``resize_back``
         holding colour and overlay)."""
         result = FrameResult(stamp=frame.stamp, reset_reason=frame.reset_reason,
