@@ -7,9 +7,11 @@ alike. Reported per model: the median and p90 of ``process`` (camera frame in, l
 mask and overlay out) and its stages, and the ratio of the medians.
 
     python benchmarks/model_speed.py OLD.safetensors NEW.safetensors [--camera 640x480]
-        [--frames 150] [--threads 2] [--temporal-smoothing 0.5 0.5] [--out model_speed.json]
+        [--frames 150] [--threads 2] [--temporal-smoothing 0.5 0.5]
+        [--temporal-smoothing-stride 0 0] [--out model_speed.json]
 
-One model twice with ``--temporal-smoothing 0 0.5`` times what the smoothing costs.
+One model twice with ``--temporal-smoothing 0 0.5`` times what the smoothing costs; with
+``--temporal-smoothing-stride 0 2``, what its finer grid costs.
 """
 from __future__ import annotations
 
@@ -36,18 +38,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--threads', type=int, default=2, help='torch / ONNX Runtime threads')
     p.add_argument('--temporal-smoothing', type=float, nargs=2, default=[DEFAULT_WEIGHT] * 2,
                    metavar=('W1', 'W2'), help='temporal smoothing of each pipeline')
+    p.add_argument('--temporal-smoothing-stride', type=int, nargs=2, default=[0, 0],
+                   metavar=('S1', 'S2'), help="its grid's stride in each (0 = the logits')")
     p.add_argument('--out', default='model_speed.json', help='JSON report')
     args = p.parse_args(argv)
     pipes, names = [], []
-    for path, weight in zip(args.models, args.temporal_smoothing):
+    for path, weight, stride in zip(args.models, args.temporal_smoothing,
+                                    args.temporal_smoothing_stride):
         if not Path(path).is_file():
             raise SystemExit(f'model file not found: {path}')
         model, card = load_model(path)
         pipes.append(FramePipeline(PipelineConfig(device='cpu', threads=args.threads,
-                                                  temporal_smoothing=weight),
+                                                  temporal_smoothing=weight,
+                                                  temporal_smoothing_stride=stride),
                                    model=model, card=card))
         names.append(f'{Path(path).name} (flow {type(pipes[-1].flow_estimator).__name__}, '
-                     f'temporal smoothing {weight})')
+                     f'temporal smoothing {weight}, stride {stride})')
     frames = scene_frames(args.frames, args.camera)
     times: list[dict[str, list[float]]] = [{} for _ in pipes]
     for i, rgb in enumerate(frames):

@@ -12,7 +12,8 @@ to smooth along. Writes ``motion_gain.json`` and a per-class IoU plot
 
     python benchmarks/motion_gain.py --data data/synthetic_v2 --splits val,test,fresh \
         --fused runs/v2_fused/model.safetensors --image-only runs/v2_image_only/model.safetensors \
-        [--flow-method dis --flow-preset fast] [--temporal-smoothing 0.5] [--threads 1] \
+        [--flow-method dis --flow-preset fast] [--temporal-smoothing 0.5] \
+        [--temporal-smoothing-stride 0] [--threads 1] \
         [--out runs/motion_gain]
 """
 from __future__ import annotations
@@ -138,6 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--temporal-smoothing', type=float, default=DEFAULT_WEIGHT, metavar='W',
                    help="the fused model's temporal smoothing (0 = off; default "
                         f'{DEFAULT_WEIGHT}); the image-only model has no flow to smooth along')
+    p.add_argument('--temporal-smoothing-stride', type=int, default=0, metavar='S',
+                   help="network pixels per cell of the smoothing's grid (0 = the logits')")
     p.add_argument('--threads', type=int, default=1, help='torch / ONNX Runtime threads')
     p.add_argument('--out', default='runs/motion_gain', help='folder for the reports')
     args = p.parse_args(argv)
@@ -148,11 +151,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report: dict[str, Any] = {'data': args.data, 'fused': args.fused,
                               'image_only': args.image_only, 'flow': args.flow_method
                               and f'{args.flow_method}/{args.flow_preset}',
-                              'temporal_smoothing': args.temporal_smoothing, 'splits': {}}
+                              'temporal_smoothing': args.temporal_smoothing,
+                              'temporal_smoothing_stride': args.temporal_smoothing_stride,
+                              'splits': {}}
     for split in [s for s in args.splits.split(',') if s]:
         flow = (['--flow-method', args.flow_method, '--flow-preset', args.flow_preset]
                 if args.flow_method else [])
-        flow += ['--temporal-smoothing', str(args.temporal_smoothing)]
+        flow += ['--temporal-smoothing', str(args.temporal_smoothing),
+                 '--temporal-smoothing-stride', str(args.temporal_smoothing_stride)]
         fused = _evaluate(args.data, split, args.fused, out / split / 'fused', args.threads, flow)
         image_only = _evaluate(args.data, split, args.image_only, out / split / 'image_only',
                                args.threads)

@@ -80,12 +80,30 @@ def _source_index(n_out: int, n_in: int) -> tuple[np.ndarray, ...]:
     return i0, i1, (np.float32(1.0) - w1).astype(np.float32), w1
 
 
+def _bilinear_at(logits: np.ndarray, where: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(C, n) logits upsampled bilinearly (``align_corners=False``) at the flat output pixels
+    ``where`` of an (out_h, out_w) image."""
+    c, h, w = logits.shape
+    y0, y1, wy0, wy1 = _source_index(out_h, h)
+    x0, x1, wx0, wx1 = _source_index(out_w, w)
+    py, px = np.divmod(where, out_w)
+    top, bottom, left, right = y0[py] * w, y1[py] * w, x0[px], x1[px]
+    flat = logits.reshape(c, -1)
+    return (flat[:, top + left] * (wy0[py] * wx0[px]) + flat[:, top + right] * (wy0[py] * wx1[px])
+            + flat[:, bottom + left] * (wy1[py] * wx0[px])
+            + flat[:, bottom + right] * (wy1[py] * wx1[px]))
+
+
 def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Argmax over C of the logits upsampled bilinearly (``align_corners=False``) to ``size``.
 
-    The upsampled logits come from OpenCV (the same pixel-centre convention as torch's
-    ``interpolate``, several times faster on a CPU); their argmax is taken only where the four
-    neighbouring cells disagree on theirs, and over the classes that can win there.
+    The argmax is taken only where the four neighbouring cells disagree on theirs; elsewhere
+    their class is the label. From a coarse grid (more than twice as coarse as ``size``, like
+    the stride-8 logits) the upsampled logits come from OpenCV (the same pixel-centre
+    convention as torch's ``interpolate``, several times faster on a CPU), over the classes that
+    can win between disagreeing cells. From a finer grid (the temporal smoothing's at stride 2
+    or finer) few pixels lie between disagreeing cells, and only those are interpolated, over
+    every class (4x faster there than resizing).
 
     Args:
         logits: (C, h, w) float32.
@@ -109,6 +127,9 @@ def upsampled_labels(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     mixed = ~agree[y0][:, x0]
     where = np.flatnonzero(mixed)
     if not where.size:
+        return labels
+    if out_h <= 2 * h and out_w <= 2 * w:
+        labels.reshape(-1)[where] = _bilinear_at(logits, where, out_h, out_w).argmax(0)
         return labels
     # Between four cells a class's upsampled logit lies within its four values, so a class whose
     # largest is below some class's smallest cannot win there: only the classes that can win

@@ -199,6 +199,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--temporal-smoothing', type=float, default=DEFAULT_WEIGHT, metavar='W',
                         help='weight of the previous frame in the fused labels, carried along '
                              f'the flow (0 = off; default {DEFAULT_WEIGHT})')
+    parser.add_argument('--temporal-smoothing-stride', type=int, default=0, metavar='S',
+                        help="network pixels per cell of the smoothing's grid (0 = the "
+                             "logits' own grid, the default)")
     parser.add_argument('--segment-every', type=int, default=1, metavar='N',
                         help='segment every Nth frame only, as a node too slow for the camera '
                              'drops the frames in between (default 1: every frame)')
@@ -243,7 +246,8 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     config = PipelineConfig(weights=args.weights, device=args.device,
                             flow_method=args.flow_method, flow_preset=args.flow_preset,
                             max_gap_s=max(0.5, 2.5 / fps), threads=args.threads,
-                            backend=args.backend, temporal_smoothing=args.temporal_smoothing)
+                            backend=args.backend, temporal_smoothing=args.temporal_smoothing,
+                            temporal_smoothing_stride=args.temporal_smoothing_stride)
     pipeline = FramePipeline(config)
     dataset = find_sequences(root, args.split, pipeline.classes)
     heads = HEADS if pipeline.has_flow_path else tuple(h for h in HEADS if h != 'flow')
@@ -261,6 +265,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
                  'scale': pipeline.flow_scale},
         'device': str(pipeline.device), 'backend': pipeline.backend, 'fps': fps,
         'label_head': args.label_head, 'temporal_smoothing': pipeline.temporal.weight,
+        'temporal_smoothing_stride': pipeline.temporal.stride,
         'segment_every': args.segment_every,
         'command': ' '.join(['flow2seg-evaluate', *(sys.argv[1:] if argv is None else argv)]),
     }

@@ -243,14 +243,15 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             CPU path: the harness checked end to end without a GPU.
         device_resident: False times the CUDA baseline that resizes and draws on the host.
         variants: one dict per entry of ``precisions`` (which may repeat): ``label``,
-            ``temporal_smoothing`` (the weight; default the pipeline's) and
-            ``smoothing_graphs`` (False: the smoothing eager while the other stages replay).
+            ``temporal_smoothing`` (the weight; default the pipeline's),
+            ``temporal_smoothing_stride`` (default the pipeline's) and ``smoothing_graphs``
+            (False: the smoothing eager while the other stages replay).
     """
     pipes = []
     variants = list(variants) if variants is not None else [{} for _ in precisions]
     for precision, variant in zip(precisions, variants):
-        extra = ({'temporal_smoothing': variant['temporal_smoothing']}
-                 if 'temporal_smoothing' in variant else {})
+        extra = {k: variant[k] for k in ('temporal_smoothing', 'temporal_smoothing_stride')
+                 if k in variant}
         config = PipelineConfig(device=str(device), precision=precision,
                                 input_size=(network[1], network[0]), cuda_graphs=graphs,
                                 device_resident=device_resident, **extra)
@@ -297,6 +298,7 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
             'preset': preset, 'network': list(network), 'camera': list(camera),
             'precision': precision, 'autocast': str(pipe.amp_dtype), 'graphs': graphs,
             'variant': variant.get('label', ''), 'temporal_smoothing': pipe.temporal.weight,
+            'temporal_smoothing_stride': pipe.temporal.stride,
             'device_path': pipe.device_path is not None,
             'path': ('device' if pipe.device_path is not None else
                      'host' if device.type == 'cuda' else 'cpu'),
@@ -327,7 +329,8 @@ def time_configs(model: torch.nn.Module, card: dict[str, Any], *, preset: str,
 
 SMOOTHING_VARIANTS = ({'label': 'smoothing off', 'temporal_smoothing': 0.0},
                       {'label': 'smoothing as graphs'},
-                      {'label': 'smoothing eager', 'smoothing_graphs': False})
+                      {'label': 'smoothing eager', 'smoothing_graphs': False},
+                      {'label': 'smoothing at stride 2 as graphs', 'temporal_smoothing_stride': 2})
 
 
 def time_smoothing(model: torch.nn.Module, card: dict[str, Any], device: torch.device,
@@ -335,9 +338,11 @@ def time_smoothing(model: torch.nn.Module, card: dict[str, Any], device: torch.d
                    ) -> list[dict[str, Any]]:
     """What the temporal smoothing costs on the device: the lite preset at 512x256 from the
     given frames, fp32, CUDA graphs on, timed interleaved frame by frame with the smoothing
-    off, captured with the other stages (the default), and run eagerly between them."""
+    off, captured with the other stages (the default), run eagerly between them, and captured
+    on the finer stride-2 grid."""
     return time_configs(model, card, preset='lite', network=(512, 256),
-                        camera=frames[0].shape[1::-1], precisions=('fp32',) * 3, graphs=True,
+                        camera=frames[0].shape[1::-1],
+                        precisions=('fp32',) * len(SMOOTHING_VARIANTS), graphs=True,
                         device=device, frames=frames, warmup=warmup, estimator=estimator,
                         variants=SMOOTHING_VARIANTS)
 
@@ -521,7 +526,7 @@ def _cuda_matrix(args: argparse.Namespace, report: dict[str, Any],
                                              args.warmup, estimator)
         for row in report['smoothing']:
             med = row['median_ms']
-            print(f"smoothing: {row['variant']:20s} process {med['process']:.3f} ms, argmax "
+            print(f"smoothing: {row['variant']:31s} process {med['process']:.3f} ms, argmax "
                   f"stage {med.get('pipeline.argmax', float('nan')):.3f} ms", flush=True)
     except Exception as exc:  # reported; the matrix stands
         ok = False

@@ -28,8 +28,9 @@ replaces it (counted as dropped). Flow is always computed between a frame and th
 
 Parameters that change what is loaded or subscribed (``model_path``, ``device``, ``precision``,
 network size, flow method, cameras, batching, transport and QoS) are refused at runtime with
-"requires restart"; the ``publish_*`` switches, ``overlay_alpha``, ``temporal_smoothing``,
-``max_frame_gap_s`` and ``diagnostics_period_s`` change at runtime (validated first).
+"requires restart"; the ``publish_*`` switches, ``overlay_alpha``, ``temporal_smoothing`` and
+its ``temporal_smoothing_stride``, ``max_frame_gap_s`` and ``diagnostics_period_s`` change at
+runtime (validated first).
 
 :class:`Flow2SegNode` starts segmenting in its constructor (``seg_node``);
 :mod:`flow2seg_ros.lifecycle_node` runs the same node as a managed (lifecycle) node.

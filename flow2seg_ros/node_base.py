@@ -352,6 +352,7 @@ class SegmentationNodeMixin:
                 config.max_gap_s = float(merged['max_frame_gap_s'])
                 if cam.pipeline.has_flow_path:  # without one there is no flow to smooth along
                     cam.pipeline.temporal.weight = float(merged['temporal_smoothing'])
+                    cam.pipeline.temporal.stride = int(merged['temporal_smoothing_stride'])
         if period_changed and self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(
@@ -501,6 +502,7 @@ class SegmentationNodeMixin:
             'frames_failed': str(stats.failed),
             'flow_resets': str(stats.resets),
             'temporal_smoothing': f'{cam.pipeline.temporal.weight:g}',
+            'temporal_smoothing_stride': str(cam.pipeline.temporal.stride),
             'temporal_frames_carried': str(cam.pipeline.temporal.carried),
             'last_reset_reason': str(stats.last_reset_reason),
             'batch_size_last': str(stats.last_batch_size),

@@ -38,6 +38,7 @@ DEFAULTS: Dict[str, Any] = {
     'flow_preset': '',
     'overlay_alpha': 0.5,
     'temporal_smoothing': DEFAULT_WEIGHT,
+    'temporal_smoothing_stride': 0,
     'publish_color_mask': True,
     'publish_overlay': True,
     'publish_confidence': False,
@@ -70,6 +71,10 @@ DESCRIPTIONS = {
     'temporal_smoothing': "Weight in [0, 1) of the previous frame's class probabilities, "
                           "carried along the flow, in this frame's labels (steadier labels); "
                           '0 = off.',
+    'temporal_smoothing_stride': 'Network pixels per cell of the grid the smoothing runs on; '
+                                 "0 = the logits' own grid (stride 8 for the bundled models). "
+                                 '2 carries the probabilities at a finer grid: more accurate '
+                                 'and steadier labels for 5-8 ms more on a 2-core CPU.',
     'publish_color_mask': 'Publish ~/color_mask (rgb8).',
     'publish_overlay': 'Publish ~/overlay (rgb8).',
     'publish_confidence': 'Publish ~/confidence (mono8, 0-255).',
@@ -91,7 +96,8 @@ DESCRIPTIONS = {
 
 #: Parameters that may change while the node runs; every other one requires a restart.
 RUNTIME = ('publish_color_mask', 'publish_overlay', 'publish_confidence', 'publish_flow',
-           'overlay_alpha', 'temporal_smoothing', 'max_frame_gap_s', 'diagnostics_period_s')
+           'overlay_alpha', 'temporal_smoothing', 'temporal_smoothing_stride',
+           'max_frame_gap_s', 'diagnostics_period_s')
 
 #: output topic -> (pipeline output that feeds it, encoding)
 OPTIONAL_OUTPUTS: Dict[str, Tuple[str, str]] = {
@@ -109,6 +115,7 @@ _CONFIG_FIELDS = {
     'flow_method': 'flow_method',
     'overlay_alpha': 'overlay_alpha',
     'temporal_smoothing': 'temporal_smoothing',
+    'temporal_smoothing_stride': 'temporal_smoothing_stride',
     'max_frame_gap_s': 'max_gap_s',
 }
 
@@ -245,6 +252,7 @@ def pipeline_config(values: Dict[str, Any]) -> PipelineConfig:
         flow_preset=values['flow_preset'] or None,
         overlay_alpha=float(values['overlay_alpha']),
         temporal_smoothing=float(values['temporal_smoothing']),
+        temporal_smoothing_stride=int(values['temporal_smoothing_stride']),
         max_gap_s=float(values['max_frame_gap_s']),
     )
 

@@ -213,6 +213,19 @@ def test_upsampled_labels_equal_the_argmax_of_upsampled_logits(size):
     assert (got == want.numpy()).mean() > 0.9999
 
 
+@pytest.mark.parametrize('grid', [(128, 256), (200, 300)])
+def test_upsampled_labels_from_a_fine_grid_equal_the_argmax_of_upsampled_logits(grid):
+    """From the temporal smoothing's fine grid (at most 2x coarser than the output), only the
+    pixels between disagreeing cells are interpolated, over every class."""
+    torch.manual_seed(0)
+    logits = F.interpolate(torch.randn(1, 19, 8, 16), size=grid, mode='bilinear',
+                           align_corners=False)
+    want = F.interpolate(logits, size=(256, 512), mode='bilinear', align_corners=False).argmax(1)
+    got = upsampled_labels(logits[0].numpy(), (256, 512))
+    assert got.shape == (256, 512) and got.dtype == np.uint8
+    assert (got == want[0].numpy()).mean() > 0.9999
+
+
 def test_upsampled_labels_keep_a_class_that_wins_only_between_cells():
     # left cells say A, right cells B; K is second everywhere but wins halfway between them,
     # where A and B are both at 2: the classes upsampled must include it, the others need not

@@ -172,11 +172,11 @@ def test_model_speed_times_two_models_in_one_run(tiny_model_file, tmp_path, caps
     out = tmp_path / 'speed.json'
     assert module.main([str(tiny_model_file), str(tiny_model_file), '--camera', '96x64',
                         '--frames', '13', '--threads', '1', '--temporal-smoothing', '0', '0.5',
-                        '--out', str(out)]) == 0
+                        '--temporal-smoothing-stride', '0', '2', '--out', str(out)]) == 0
     report = json.loads(out.read_text())
     assert len(report['models']) == 2 and report['ratio_second_to_first'] > 0
-    assert [m['model'].endswith(f'temporal smoothing {w})')
-            for m, w in zip(report['models'], ('0.0', '0.5'))] == [True, True]
+    assert [m['model'].endswith(f'temporal smoothing {w}, stride {s})')
+            for m, (w, s) in zip(report['models'], (('0.0', 0), ('0.5', 2)))] == [True, True]
     assert all(m['median_ms']['process'] > 0 and 'network' in m['median_ms']
                for m in report['models'])
     assert 'second / first' in capsys.readouterr().out

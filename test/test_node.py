@@ -311,12 +311,15 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
     assert values['input_topic'] == '/cam/image_raw/compressed'
     # one frame: nothing to carry along yet
     assert values['temporal_smoothing'] == '0.5' and values['temporal_frames_carried'] == '0'
+    assert values['temporal_smoothing_stride'] == '0'
 
 
 @pytest.mark.parametrize('params,match', [
     ({'device': 'gpu'}, "device='gpu'"),
     ({'overlay_alpha': 1.5}, r'overlay_alpha=1.5: overlay alpha must be in \[0, 1\]'),
     ({'temporal_smoothing': 1.0}, r'temporal_smoothing=1.0: temporal smoothing must be in'),
+    ({'temporal_smoothing_stride': -2}, r'temporal_smoothing_stride=-2: temporal smoothing '
+                                        'stride must be'),
     ({'input_transport': 'udp'}, 'input_transport'),
     ({'image_reliability': 'sometimes'}, 'image_reliability'),
     ({'image_qos_depth': 0}, 'image_qos_depth=0'),
@@ -363,6 +366,11 @@ def test_runtime_parameter_changes(harness):
     assert h.spy.inner.temporal.weight == 0.5
     assert set_('temporal_smoothing', 0.0).successful
     assert h.spy.inner.temporal.weight == 0.0
+    res = set_('temporal_smoothing_stride', 100)
+    assert not res.successful and 'temporal_smoothing_stride=100' in res.reason
+    assert h.spy.inner.temporal.stride == 0
+    assert set_('temporal_smoothing_stride', 2).successful
+    assert h.spy.inner.temporal.stride == 2
     assert set_('max_frame_gap_s', 2.0).successful
     assert h.spy.inner.config.max_gap_s == 2.0
     assert not set_('max_frame_gap_s', -1.0).successful
@@ -376,7 +384,9 @@ def test_pipeline_settings_reach_the_pipeline():
     from flow2seg_ros.node import DEFAULTS
 
     config = pipeline_config(dict(DEFAULTS, cuda_graphs=False, backend='torch', precision='bf16',
-                                  network_image_width=320, network_image_height=160))
+                                  network_image_width=320, network_image_height=160,
+                                  temporal_smoothing_stride=2))
     assert config.cuda_graphs is False and config.backend == 'torch'
+    assert config.temporal_smoothing_stride == 2
     assert config.precision == 'bf16' and config.input_size == (160, 320)
     assert pipeline_config(dict(DEFAULTS)).cuda_graphs is True

@@ -3,12 +3,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flow2seg_ros.classes import ClassSet
 from flow2seg_ros.cpu_path import full_size, labels_from_logits
 from flow2seg_ros.models import build_model
 from flow2seg_ros.pipeline import FramePipeline, PipelineConfig
-from flow2seg_ros.temporal import _step_numpy, _step_torch, check_weight, TemporalFilter
+from flow2seg_ros.temporal import (_step_numpy, _step_torch, check_stride, check_weight,
+                                   TemporalFilter)
 
 CLASSES = ClassSet(('ground', 'thing', 'sky'), ((10, 10, 10), (200, 0, 0), (0, 0, 255)))
 NET = (64, 96)  # network input (H, W); the tiny model's logits are at stride 8: 8 x 12
@@ -119,14 +121,75 @@ def test_bad_weights_are_refused_by_name(bad):
         PipelineConfig(temporal_smoothing=bad).validate()
 
 
-def tiny_pipeline(weight):
+def test_a_finer_grid_carries_the_upsampled_probabilities_cell_by_cell():
+    """Stride 4 on a 16 x 32 network input: logits of 2 x 4 cells (stride 8) are upsampled onto
+    a 4 x 8 grid, and a flow of 4 px moves the state by one of its cells."""
+    z0, z1, flow = two_frames()
+    flow[0] = 4.0
+    filt = TemporalFilter(0.25, stride=4, input_size=(16, 32))
+    assert filt.grid((2, 4)) == (4, 8)
+
+    def up(z):
+        return F.interpolate(torch.from_numpy(z)[None], size=(4, 8), mode='bilinear',
+                             align_corners=False)[0].numpy()
+    first = filt(torch.from_numpy(z0)[None], None, 0.0, None)
+    out = filt(torch.from_numpy(z1)[None], torch.from_numpy(flow), 0.1, 0.0)
+    assert out.shape == (1, 2, 4, 8) and filt.carried == 1
+    p0, p1 = softmax(up(z0)), softmax(up(z1))
+    np.testing.assert_allclose(first[0].exp().numpy(), p0, atol=1e-5)
+    want = p1.copy()  # the last column of the grid came into view
+    want[:, :, :7] = 0.75 * p1[:, :, :7] + 0.25 * p0[:, :, 1:]
+    np.testing.assert_allclose(out[0].exp().numpy(), want, atol=1e-5)
+
+
+def test_numpy_and_torch_steps_agree_on_a_finer_grid():
+    rng = np.random.default_rng(4)
+    z = [torch.from_numpy(rng.normal(size=(1, 5, 8, 12)).astype(np.float32)) for _ in range(3)]
+    flow = torch.from_numpy(rng.normal(scale=6.0, size=(2, 64, 96)).astype(np.float32))
+    sn = st = None
+    for k in range(3):
+        on, sn = _step_numpy(z[k], flow if k else None, sn, 0.5, (32, 48))
+        ot, st = _step_torch(z[k], flow if k else None, st, 0.5, (32, 48))
+        assert on.shape == ot.shape == (1, 5, 32, 48)
+        assert (on.exp() - ot.exp()).abs().max() < 0.01
+
+
+def test_grid_is_never_coarser_than_the_logits_and_a_stride_change_restarts():
+    filt = TemporalFilter(0.5, stride=2, input_size=NET)
+    assert filt.grid((8, 12)) == (32, 48)
+    for stride in (0, 8, 16):
+        filt.stride = stride
+        assert filt.grid((8, 12)) == (8, 12), stride
+    assert TemporalFilter(0.5, stride=2).grid((8, 12)) == (8, 12)  # no input size: the logits'
+    rng = np.random.default_rng(5)
+    z = [torch.from_numpy(rng.normal(size=(1, 3, 8, 12)).astype(np.float32)) for _ in range(3)]
+    flow = torch.zeros(2, *NET)
+    filt = TemporalFilter(0.5, stride=2, input_size=NET)
+    filt(z[0], None, 0.0, None)
+    assert filt(z[1], flow, 0.1, 0.0).shape[-2:] == (32, 48) and filt.carried == 1
+    filt.stride = 0  # at runtime: the state of the old grid is not carried onto the new one
+    out = filt(z[2], flow, 0.2, 0.1)
+    assert out.shape[-2:] == (8, 12) and filt.carried == 1
+    np.testing.assert_allclose(out.exp().numpy(), torch.softmax(z[2], 1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('bad', [-1, 65, 2.5, '2', True, None])
+def test_bad_strides_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match='temporal smoothing stride'):
+        check_stride(bad)
+    with pytest.raises(ValueError, match='temporal smoothing stride'):
+        PipelineConfig(temporal_smoothing_stride=bad).validate()
+
+
+def tiny_pipeline(weight, stride=0):
     torch.manual_seed(0)
     model = build_model('lite', num_classes=3, widths=(8, 8, 16, 16), ppm_channels=8,
                         flow_widths=(8, 8, 8, 8), fusion_channels=8)
     card = {'classes': CLASSES.to_dict(), 'input_size': list(NET),
             'flow': {'method': 'dis', 'preset': 'ultrafast', 'scale': 20.0}}
     return FramePipeline(PipelineConfig(device='cpu', temporal_smoothing=weight, backend='torch',
-                                        overlap_flow=False), model=model, card=card)
+                                        overlap_flow=False, temporal_smoothing_stride=stride),
+                         model=model, card=card)
 
 
 def pan(n, h=120, w=160, seed=0):
@@ -135,17 +198,19 @@ def pan(n, h=120, w=160, seed=0):
     return [np.ascontiguousarray(scene[:, 2 * i:2 * i + w]) for i in range(n)]
 
 
-def test_pipeline_labels_are_the_filtered_network_output_per_stream():
+@pytest.mark.parametrize('stride', [0, 2])
+def test_pipeline_labels_are_the_filtered_network_output_per_stream(stride):
     frames = pan(4)
     stamps = [0.0, 0.05, 0.1, 5.0]  # the last after a gap: the flow state resets
-    smooth, raw = tiny_pipeline(0.5), tiny_pipeline(0.0)
-    filt = TemporalFilter(0.5)
+    smooth, raw = tiny_pipeline(0.5, stride), tiny_pipeline(0.0)
+    filt = TemporalFilter(0.5, stride, NET)
     for k, (rgb, t) in enumerate(zip(frames, stamps)):
         f_raw = raw.prepare(rgb, t)
         out = raw.infer([f_raw], heads=('fused', 'image'))[0]
         want = filt(out['fused'], f_raw.flow, t, f_raw.prev_stamp)
         r = smooth.process(rgb, t, outputs=('confidence',), heads=('fused', 'image'))
         assert r.used_flow == (k in (1, 2))
+        assert want.shape[-2:] == ((32, 48) if stride else (8, 12))
         small = labels_from_logits(want, NET)
         np.testing.assert_array_equal(r.labels, cv2.resize(small, (160, 120),
                                                            interpolation=cv2.INTER_NEAREST))
@@ -217,9 +282,11 @@ class RecordingRunner:
 
     def __init__(self):
         self.calls = []
+        self.sizes = []
 
     def __call__(self, name, fn, inputs, static_key=(), *, size=None, clone=True):
         self.calls.append((name, static_key, [tuple(x.shape) for x in inputs]))
+        self.sizes.append(size)
         return tuple(fn(*inputs))
 
 
@@ -245,8 +312,24 @@ def test_filter_with_a_graph_runner_runs_the_torch_step_as_two_stages():
     assert graphed.carried == plain.carried == 2
 
 
+def test_filter_with_a_graph_runner_on_a_finer_grid_keys_its_stages_by_the_grid():
+    rng = np.random.default_rng(6)
+    z = [torch.from_numpy(rng.normal(size=(1, 3, 8, 12)).astype(np.float32)) for _ in range(2)]
+    flow = torch.from_numpy(rng.normal(scale=3.0, size=(2, 64, 96)).astype(np.float32))
+    runner = RecordingRunner()
+    graphed, plain = TemporalFilter(0.5, 2, NET), TemporalFilter(0.5, 2, NET)
+    for k, (stamp, prev) in enumerate([(0.0, None), (0.1, 0.0)]):
+        a = plain(z[k], flow if k else None, stamp, prev)
+        b = graphed(z[k], flow if k else None, stamp, prev, runner)
+        assert b.shape == (1, 3, 32, 48)
+        np.testing.assert_allclose(b.exp().numpy(), a.exp().numpy(), atol=0.01)
+    assert runner.sizes == [(8, 12, 32, 48)] * 2
+    assert runner.calls[1][2] == [(1, 3, 8, 12), (2, 64, 96), (1, 3, 32, 48)]
+
+
 @pytest.mark.cuda
-def test_filter_replayed_as_cuda_graphs_matches_eager_on_cuda():
+@pytest.mark.parametrize('stride', [0, 2])
+def test_filter_replayed_as_cuda_graphs_matches_eager_on_cuda(stride):
     from flow2seg_ros.device_path import GraphRunner
     rng = np.random.default_rng(3)
     z = [torch.from_numpy(rng.normal(size=(1, 19, 32, 64)).astype(np.float32)).cuda()
@@ -254,7 +337,7 @@ def test_filter_replayed_as_cuda_graphs_matches_eager_on_cuda():
     flows = [torch.from_numpy(rng.normal(scale=4.0, size=(2, 256, 512)).astype(np.float32))
              for _ in range(5)]
     runner = GraphRunner()
-    graphed, eager = TemporalFilter(0.5), TemporalFilter(0.5)
+    graphed, eager = (TemporalFilter(0.5, stride, (256, 512)) for _ in range(2))
     for k in range(5):
         fl, prev = (flows[k], k - 1.0) if k else (None, None)
         if k == 3:
