@@ -96,7 +96,7 @@ class TemporalFilter:
         self.input_size = input_size
         self.graphs = True
         self.carried = 0
-        self._state: Optional[np.ndarray | torch.Tensor] = None  # p_t-1 on the logits' grid
+        self._state: Optional[np.ndarray | torch.Tensor] = None  # p_t-1 on its grid
         self._stamp: Optional[float] = None  # the frame it belongs to
 
     def reset(self) -> None:
