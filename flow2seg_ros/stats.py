@@ -6,6 +6,7 @@ import time
 from typing import Iterable, Optional
 
 import numpy as np
+import torch
 
 __all__ = ['StageTimer', 'percentile', 'percentiles']
 
@@ -52,7 +53,6 @@ class StageTimer:
     def lap(self, stage: str) -> None:
         """Close ``stage``: the time since the last lap (or the start) is added to it."""
         if self.cuda:
-            import torch
             torch.cuda.synchronize()
         now = time.perf_counter()
         self.times[stage] = self.times.get(stage, 0.0) + 1000.0 * (now - self._t)
