@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from flow2seg_ros.flow import FLOW_METHODS
+from flow2seg_ros.flow import INFERENCE_FLOW_METHODS
 from flow2seg_ros.pipeline import PipelineConfig, PRECISIONS
 from flow2seg_ros.temporal import DEFAULT_WEIGHT
 from flow2seg_ros.weights import resolve_model_path, WeightsError
@@ -65,7 +65,7 @@ DESCRIPTIONS = {
                    'of a size, again after a resolution change); false = eager.',
     'network_image_width': "Network input width in pixels; 0 = the model card's.",
     'network_image_height': "Network input height in pixels; 0 = the model card's.",
-    'flow_method': f"Optical flow: {', '.join(FLOW_METHODS)}; '' = the card's.",
+    'flow_method': f"Optical flow: {', '.join(INFERENCE_FLOW_METHODS)}; '' = the card's.",
     'flow_preset': "Flow preset (DIS: ultrafast/fast/medium); '' = the card's.",
     'overlay_alpha': 'Weight of the colour mask in ~/overlay, 0..1.',
     'temporal_smoothing': "Weight in [0, 1) of the previous frame's class probabilities, "

@@ -44,7 +44,8 @@ from flow2seg_ros.cpu_path import (CONCURRENT_STAGES, CpuPath, full_size, labels
                                    network_input)
 from flow2seg_ros.device_path import autocast_dtype, DeviceFrame, DevicePath
 from flow2seg_ros.devices import resolve_device
-from flow2seg_ros.flow import FLOW_METHODS, FlowEstimator, make_flow_estimator, scale_flow
+from flow2seg_ros.flow import (FlowEstimator, INFERENCE_FLOW_METHODS, make_flow_estimator,
+                               scale_flow)
 from flow2seg_ros.models import HEADS
 from flow2seg_ros.stats import StageTimer
 from flow2seg_ros.temporal import check_stride, check_weight, DEFAULT_WEIGHT, TemporalFilter
@@ -123,8 +124,11 @@ class PipelineConfig:
             if h < 32 or w < 32 or h % 8 or w % 8:
                 raise ValueError(f'network input size must be multiples of 8 and >= 32, '
                                  f'got {w}x{h} (WxH)')
-        if self.flow_method is not None and self.flow_method not in FLOW_METHODS:
-            raise ValueError(f'flow method must be one of {FLOW_METHODS}, '
+        if self.flow_method == 'mixed':
+            raise ValueError("flow method 'mixed' draws each frame's flow at random from its "
+                             'parts (for training); name one of them, e.g. dis or learned')
+        if self.flow_method is not None and self.flow_method not in INFERENCE_FLOW_METHODS:
+            raise ValueError(f'flow method must be one of {INFERENCE_FLOW_METHODS}, '
                              f'got {self.flow_method!r}')
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')

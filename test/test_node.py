@@ -325,6 +325,7 @@ def test_compressed_transport_with_remap_and_debug_topics(harness):
     ({'image_qos_depth': 0}, 'image_qos_depth=0'),
     ({'network_image_width': 64}, 'set both or neither'),
     ({'flow_method': 'magic'}, "flow_method='magic'"),
+    ({'flow_method': 'mixed'}, "flow_method='mixed'.*for training"),
     ({'model_path': '/nonexistent/model.safetensors'}, 'no such file'),
     ({'model_path': 'flow2seg_lite_synthetic_v9'}, 'neither a bundled model'),
 ])

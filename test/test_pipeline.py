@@ -137,6 +137,7 @@ def test_network_input_is_the_cards_normalisation_for_each_frame_of_a_batch():
     (dict(precision='int4'), 'precision'),
     (dict(input_size=(30, 64)), 'multiples of 8'),
     (dict(flow_method='magic'), 'flow method'),
+    (dict(flow_method='mixed'), "'mixed' draws each frame's flow at random"),
     (dict(overlay_alpha=1.5), 'overlay alpha'),
     (dict(max_gap_s=0), 'max frame gap'),
 ])

@@ -20,10 +20,13 @@ from flow2seg_ros.flow.mixed import MixedFlow, parse_mix
 from flow2seg_ros.flow.opencv import DISFlow, FarnebackFlow
 from flow2seg_ros.flow.raft import RAFTFlow
 
-__all__ = ['FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'LearnedFlow',
+__all__ = ['FLOW_METHODS', 'INFERENCE_FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'LearnedFlow',
            'MixedFlow', 'RAFTFlow', 'make_flow_estimator', 'scale_flow']
 
 FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large', 'learned', 'mixed')
+#: The methods a running pipeline takes: ``mixed`` draws each frame's flow at random, so a node or
+#: an evaluation given it would label every frame from another flow.
+INFERENCE_FLOW_METHODS = tuple(m for m in FLOW_METHODS if m != 'mixed')
 
 
 def make_flow_estimator(method: str = 'dis', preset: str = 'ultrafast', *,
