@@ -20,8 +20,8 @@ from flow2seg_ros.flow.mixed import MixedFlow, parse_mix
 from flow2seg_ros.flow.opencv import DISFlow, FarnebackFlow
 from flow2seg_ros.flow.raft import RAFTFlow
 
-__all__ = ['FLOW_METHODS', 'INFERENCE_FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow', 'LearnedFlow',
-           'MixedFlow', 'RAFTFlow', 'make_flow_estimator', 'scale_flow']
+__all__ = ['FLOW_METHODS', 'INFERENCE_FLOW_METHODS', 'FlowEstimator', 'DISFlow', 'FarnebackFlow',
+           'LearnedFlow', 'MixedFlow', 'RAFTFlow', 'make_flow_estimator', 'scale_flow']
 
 FLOW_METHODS = ('dis', 'farneback', 'raft_small', 'raft_large', 'learned', 'mixed')
 #: The methods a running pipeline takes: ``mixed`` draws each frame's flow at random, so a node or
