@@ -98,6 +98,7 @@ class TemporalFilter:
         self.carried = 0
         self._state: Optional[np.ndarray | torch.Tensor] = None  # p_t-1 on its grid
         self._stamp: Optional[float] = None  # the frame it belongs to
+        self._work: dict[str, np.ndarray] = {}  # the CPU step's arrays, reused (_buffer)
 
     def reset(self) -> None:
         """Forget the state: the next frame starts afresh."""
@@ -141,7 +142,8 @@ class TemporalFilter:
         runner = runner if self.graphs else None
         if logits.device.type == 'cpu' and runner is None:
             out, self._state = _step_numpy(logits, flow if carry else None,
-                                           self._state if carry else None, self.weight, grid)
+                                           self._state if carry else None, self.weight, grid,
+                                           self._work)
         elif runner is None:
             out, self._state = _step_torch(logits, flow if carry else None,
                                            self._state if carry else None, self.weight, grid)
@@ -180,14 +182,29 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRIDS[(h, w)]
 
 
+def _buffer(work: Optional[dict], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape``: the filter's own, reused frame to frame, where it keeps
+    ``work``; a new one otherwise. At a fine grid the arrays are megabytes, and fresh ones
+    page-fault on every frame (measured: half the step's time at stride 2)."""
+    if work is None:
+        return np.empty(shape, np.float32)
+    buf = work.get(name)
+    if buf is None or buf.shape != tuple(shape):
+        buf = work[name] = np.empty(shape, np.float32)
+    return buf
+
+
 def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optional[np.ndarray],
-                weight: float, grid: Optional[tuple[int, int]] = None
-                ) -> tuple[torch.Tensor, np.ndarray]:
+                weight: float, grid: Optional[tuple[int, int]] = None,
+                work: Optional[dict] = None) -> tuple[torch.Tensor, np.ndarray]:
     z = logits[0].float().numpy()  # (C, h, w): the softmax reduces over whole planes
     if grid is not None and tuple(grid) != z.shape[1:]:
-        z = _upsampled(z, grid)
+        z = _upsampled(z, grid, _buffer(work, 'logits', (z.shape[0],) + tuple(grid)))
     c, h, w = z.shape
-    p = cv2.exp((z - z.max(0)).reshape(c, h * w)).reshape(c, h, w)
+    # the probabilities go where the state is not (two buffers in turn: the state is read below)
+    p = _buffer(work, 'p1' if work is not None and state is work.get('p0') else 'p0', z.shape)
+    np.subtract(z, z.max(0), out=p)
+    cv2.exp(p.reshape(c, h * w), dst=p.reshape(c, h * w))
     p /= p.sum(0)
     if state is not None and state.shape == p.shape:
         fl = flow.cpu().numpy()  # (2, H, W): each plane contiguous, as OpenCV is fastest
@@ -197,29 +214,44 @@ def _step_numpy(logits: torch.Tensor, flow: Optional[torch.Tensor], state: Optio
         map_x = gx + fx * np.float32(w / fl.shape[2])
         map_y = gy + fy * np.float32(h / fl.shape[1])
         # OpenCV remaps the channels in (h, w, C) layout, up to CV_MAX_CHANNELS in one call
-        src = np.ascontiguousarray(state.transpose(1, 2, 0))
-        parts = [cv2.remap(np.ascontiguousarray(src[:, :, i:i + CV_MAX_CHANNELS]), map_x, map_y,
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(h, w, -1)
-                 for i in range(0, c, CV_MAX_CHANNELS)]
-        warped = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        src = _buffer(work, 'src', (h, w, c))
+        np.copyto(src, state.transpose(1, 2, 0))
+        warped = _buffer(work, 'warped', (h, w, c))
+        if c <= CV_MAX_CHANNELS:
+            cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, dst=warped,
+                      borderMode=cv2.BORDER_REPLICATE)
+        else:
+            for i in range(0, c, CV_MAX_CHANNELS):
+                part = slice(i, i + CV_MAX_CHANNELS)
+                warped[:, :, part] = cv2.remap(np.ascontiguousarray(src[:, :, part]), map_x,
+                                               map_y, cv2.INTER_LINEAR,
+                                               borderMode=cv2.BORDER_REPLICATE
+                                               ).reshape(h, w, -1)
         # in view: within half a cell of the grid (its cells' extent). Not the training loss's
         # losses.warp_to_current: its test (within the outer cells' centres) and zero padding
         # drop the border cells at the slightest flow noise (measured: a quarter of the
         # pixels of a panned test scene then flickered)
         valid = ((map_x > -0.5) & (map_x < w - 0.5) & (map_y > -0.5) & (map_y < h - 0.5))
-        p += np.float32(weight) * valid * (warped.reshape(h, w, c).transpose(2, 0, 1) - p)
-    out = cv2.log(np.maximum(p, np.float32(_EPS)).reshape(c, h * w)).reshape(1, c, h, w)
+        step = _buffer(work, 'step', (c, h, w))
+        np.subtract(warped.transpose(2, 0, 1), p, out=step)
+        step *= np.float32(weight) * valid
+        p += step
+    # the logits handed on are new arrays: the caller may keep them beyond the next frame
+    out = np.maximum(p, np.float32(_EPS)).reshape(1, c, h, w)
+    cv2.log(out.reshape(c, h * w), dst=out.reshape(c, h * w))
     return torch.from_numpy(out), p
 
 
-def _upsampled(z: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+def _upsampled(z: np.ndarray, grid: tuple[int, int], out: Optional[np.ndarray] = None
+               ) -> np.ndarray:
     """(C, h, w) logits resized bilinearly onto ``grid`` (OpenCV: the pixel-centre convention
-    of torch's ``interpolate`` with ``align_corners=False``), as (C, H, W) planes. Plane by
-    plane, straight into the output: 15x faster than one resize of all channels in (h, w, C)
-    layout and its transposes (19 classes onto 128 x 256: 0.17 against 2.7 ms)."""
-    up = np.empty((z.shape[0],) + tuple(grid), np.float32)
-    for plane, out in zip(np.ascontiguousarray(z, dtype=np.float32), up):
-        cv2.resize(plane, (grid[1], grid[0]), dst=out, interpolation=cv2.INTER_LINEAR)
+    of torch's ``interpolate`` with ``align_corners=False``), as (C, H, W) planes, into ``out``
+    where given. Plane by plane, straight into the output: 15x faster than one resize of all
+    channels in (h, w, C) layout and its transposes (19 classes onto 128 x 256: 0.17 against
+    2.7 ms)."""
+    up = np.empty((z.shape[0],) + tuple(grid), np.float32) if out is None else out
+    for plane, dst in zip(np.ascontiguousarray(z, dtype=np.float32), up):
+        cv2.resize(plane, (grid[1], grid[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
     return up
 
 

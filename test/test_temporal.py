@@ -154,6 +154,29 @@ def test_numpy_and_torch_steps_agree_on_a_finer_grid():
         assert (on.exp() - ot.exp()).abs().max() < 0.01
 
 
+@pytest.mark.parametrize('classes, grid', [(5, None), (5, (32, 48)), (130, (16, 24))])
+def test_reused_arrays_equal_fresh_ones_and_leave_earlier_frames_alone(classes, grid):
+    """The filter's CPU step writes into arrays it keeps from frame to frame (two in turn for the
+    state): the same values as fresh arrays every frame, across a restart, with more classes
+    than one OpenCV call takes, and the logits it handed out earlier stay as they were."""
+    rng = np.random.default_rng(6)
+    filt = TemporalFilter(0.5)
+    fresh = kept = None
+    handed = []
+    for k in range(5):
+        z = torch.from_numpy(rng.normal(scale=3.0, size=(1, classes, 8, 12)).astype(np.float32))
+        flow = torch.from_numpy(rng.normal(scale=6.0, size=(2, 64, 96)).astype(np.float32))
+        carry = k not in (0, 3)  # frame 3 restarts
+        want, fresh = _step_numpy(z, flow if carry else None, fresh if carry else None, 0.5,
+                                  grid)
+        out, kept = _step_numpy(z, flow if carry else None, kept if carry else None, 0.5, grid,
+                                filt._work)
+        assert torch.equal(out, want) and np.array_equal(kept, fresh), k
+        handed.append((out, out.clone()))
+    assert filt._work  # the arrays were kept
+    assert all(torch.equal(out, copy) for out, copy in handed)
+
+
 def test_grid_is_never_coarser_than_the_logits_and_a_stride_change_restarts():
     filt = TemporalFilter(0.5, stride=2, input_size=NET)
     assert filt.grid((8, 12)) == (32, 48)
